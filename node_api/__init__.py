@@ -1,0 +1,1 @@
+"""airfed.node_api."""

@@ -1,0 +1,1 @@
+"""airfed.plugins."""
