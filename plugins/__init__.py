@@ -1,1 +1,56 @@
-"""airfed.plugins."""
+"""airfed's Airflow plugin: the orchestrator API and, in the same plugin,
+the listeners that write task runs to the ledger.
+
+The FastAPI app (contract F) is mounted at ``/airfed`` in the api-server. It
+is built on first access: task processes load plugins too, and they never
+need the API's code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.plugins_manager import AirflowPlugin
+
+__all__ = ["AirfedPlugin"]
+
+URL_PREFIX = "/airfed"
+PAGES_URL_PREFIX = "/airfed-pages"
+
+
+class _FastApiApps:
+    """``AirfedPlugin.fastapi_apps``, imported only when Airflow asks for it."""
+
+    def __get__(self, instance: object, owner: type | None = None) -> list[Any]:
+        from airfed.plugins._api import app
+        from airfed.plugins.pages import pages_app
+
+        return [
+            {"app": app, "url_prefix": URL_PREFIX, "name": "airfed"},
+            {
+                "app": pages_app(),
+                "url_prefix": PAGES_URL_PREFIX,
+                "name": "airfed-pages",
+            },
+        ]
+
+
+class AirfedPlugin(AirflowPlugin):
+    name = "airfed"
+    fastapi_apps = _FastApiApps()  # type: ignore[assignment]
+    # The pages (airfed.plugins.pages), shown inside the UI in an iframe.
+    external_views = [
+        {
+            "name": "Federated learning",
+            "href": f"{PAGES_URL_PREFIX}/",
+            "destination": "nav",
+            "url_route": "airfed",
+            "nav_top_level": True,
+        },
+        {
+            "name": "Compute plan",
+            "href": f"{PAGES_URL_PREFIX}/dags/{{DAG_ID}}",
+            "destination": "dag",
+            "url_route": "airfed-plan",
+        },
+    ]

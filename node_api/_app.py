@@ -1,0 +1,345 @@
+"""The node's HTTP API (contract C): FastAPI app factory and routes.
+
+Every answer that is not a success is ``application/problem+json``
+(``type``, ``title``, ``status``, ``detail``): node errors carry their own
+status and message, request validation errors name the field, and anything
+unexpected becomes a 500 that says only that the node failed (the trace goes
+to the node's log, never to the caller).
+
+No route returns the content of a data sample; a test walks the OpenAPI
+schema to prove it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import pydantic
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from airfed.node_api._archive import ArchiveError
+from airfed.node_api._auth import Caller, identify
+from airfed.node_api._context import NodeContext
+from airfed.node_api._store import AssetStore
+from airfed.node_api._tasks import TaskService
+from airfed.node_api._upload import receive_multipart
+from airfed.node_api.errors import BadRequest, NodeError
+
+__all__ = ["CHECKSUM_HEADER", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+CHECKSUM_HEADER = "X-Airfed-Checksum"
+_PROBLEM = "application/problem+json"
+
+
+def _problem(status: int, title: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type=_PROBLEM,
+    )
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "the request is invalid"
+    first = errors[0]
+    location = ".".join(str(part) for part in first.get("loc", ()))
+    return f"field {location}: {first.get('msg', 'is invalid')}"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def node_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, NodeError)
+        return _problem(exc.status, exc.title, str(exc))
+
+    async def archive_error(_: Request, exc: Exception) -> JSONResponse:
+        return _problem(400, "Bad request", str(exc))
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _problem(400, "Bad request", _validation_detail(exc))
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return _problem(exc.status_code, "HTTP error", str(exc.detail))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error(
+            "request failed path=%s", request.url.path, exc_info=(type(exc), exc, None)
+        )
+        return _problem(500, "Internal error", "the node failed; see its log")
+
+    app.add_exception_handler(NodeError, node_error)
+    app.add_exception_handler(ArchiveError, archive_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def _multipart_doc(fields: dict[str, str]) -> dict[str, Any]:
+    properties = {
+        name: {"type": "string", "format": kind} if kind else {"type": "string"}
+        for name, kind in fields.items()
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": properties}
+                }
+            },
+        }
+    }
+
+
+def _caller(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    context: NodeContext = request.app.state.context
+    return identify(
+        request.scope,
+        authorization,
+        db=context.db,
+        node_organization=context.organization,
+        members=context.members,
+    )
+
+
+Who = Annotated[Caller, Depends(_caller)]
+
+
+class SamplePath(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    path: str
+
+
+def create_app(context: NodeContext, *, run_tasks: bool = True) -> FastAPI:
+    """The node's app; with ``run_tasks`` its task worker runs alongside."""
+    store = AssetStore(context)
+    tasks = TaskService(context, store)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if run_tasks:
+            tasks.start()
+        try:
+            yield
+        finally:
+            tasks.stop()
+            context.db.dispose()
+
+    app = FastAPI(
+        title=f"airfed node {context.organization}",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.context = context
+    app.state.tasks = tasks
+    _install_error_handlers(app)
+
+    max_bytes = int(context.config.max_upload_bytes)
+
+    _network_routes(app, context)
+    _dataset_routes(app, context, store, max_bytes)
+    _function_routes(app, context, store, max_bytes)
+    _model_routes(app, store)
+    _task_routes(app, tasks)
+    return app
+
+
+def _network_routes(app: FastAPI, context: NodeContext) -> None:
+    @app.get("/health")
+    def health(who: Who) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "organization": context.organization,
+            "caller": who.id,
+            "database": context.db.engine.dialect.name,
+        }
+
+    @app.get("/organizations")
+    def organizations(who: Who) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": org.id,
+                "role": org.role,
+                "node_url": org.node_url,
+                "identity_public_key": org.identity_public_key,
+            }
+            for org in context.config.network.organizations
+        ]
+
+
+def _dataset_routes(
+    app: FastAPI, context: NodeContext, store: AssetStore, max_bytes: int
+) -> None:
+    @app.post(
+        "/datasets",
+        status_code=201,
+        openapi_extra=_multipart_doc({"metadata": "", "opener": "binary"}),
+    )
+    async def create_dataset(request: Request, who: Who) -> dict[str, Any]:
+        upload = await receive_multipart(
+            request,
+            context.objects,
+            file_fields=frozenset({"opener"}),
+            max_bytes=max_bytes,
+        )
+        return dict(
+            await _in_thread(store.create_dataset, who, upload.fields, upload.files)
+        )
+
+    @app.get("/datasets")
+    def list_datasets(who: Who, q: str | None = None) -> list[dict[str, Any]]:
+        return list(store.list_datasets(q))
+
+    @app.get("/datasets/{key}")
+    def get_dataset(key: str, who: Who) -> dict[str, Any]:
+        return dict(store.get_dataset(key))
+
+    @app.post(
+        "/datasets/{key}/samples",
+        status_code=201,
+        openapi_extra=_multipart_doc({"archive": "binary"}),
+    )
+    async def add_sample(key: str, request: Request, who: Who) -> dict[str, Any]:
+        await _in_thread(store.check_sample_target, who, key)
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("application/json"):
+            try:
+                body = SamplePath.model_validate_json(await request.body())
+            except pydantic.ValidationError as exc:
+                raise BadRequest('the body must be {"path": "/abs/folder"}') from exc
+            return dict(await _in_thread(store.add_sample_path, who, key, body.path))
+        upload = await receive_multipart(
+            request,
+            context.objects,
+            file_fields=frozenset({"archive"}),
+            max_bytes=max_bytes,
+        )
+        return dict(await _in_thread(store.add_sample_upload, who, key, upload.files))
+
+    @app.get("/samples")
+    def list_samples(who: Who, dataset: str | None = None) -> list[dict[str, Any]]:
+        return list(store.list_samples(dataset))
+
+
+def _function_routes(
+    app: FastAPI, context: NodeContext, store: AssetStore, max_bytes: int
+) -> None:
+    @app.post(
+        "/functions",
+        status_code=201,
+        openapi_extra=_multipart_doc({"metadata": "", "archive": "binary"}),
+    )
+    async def create_function(request: Request, who: Who) -> dict[str, Any]:
+        upload = await receive_multipart(
+            request,
+            context.objects,
+            file_fields=frozenset({"archive"}),
+            max_bytes=max_bytes,
+        )
+        return dict(
+            await _in_thread(store.create_function, who, upload.fields, upload.files)
+        )
+
+    @app.get("/functions")
+    def list_functions(who: Who, q: str | None = None) -> list[dict[str, Any]]:
+        return list(store.list_functions(q))
+
+    @app.get("/functions/{key}")
+    def get_function(key: str, who: Who) -> dict[str, Any]:
+        return dict(store.get_function(key))
+
+
+def _model_routes(app: FastAPI, store: AssetStore) -> None:
+    @app.get("/models")
+    def list_models(
+        who: Who, plan_key: str | None = None, task_key: str | None = None
+    ) -> list[dict[str, Any]]:
+        return list(store.list_models(plan_key, task_key))
+
+    @app.get("/models/{key}/metadata")
+    def model_metadata(key: str, who: Who) -> dict[str, Any]:
+        return dict(store.get_model(key))
+
+    @app.get(
+        "/models/{key}",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
+    def download_model(key: str, who: Who) -> StreamingResponse:
+        model, chunks = store.open_model(who, key)
+        return StreamingResponse(
+            _closing(chunks),
+            media_type="application/octet-stream",
+            headers={
+                CHECKSUM_HEADER: model["checksum"],
+                "Content-Length": str(model["size"]),
+            },
+        )
+
+    @app.get("/models/{key}/accesses")
+    def model_accesses(key: str, who: Who) -> list[dict[str, Any]]:
+        return list(store.model_accesses(who, key))
+
+    @app.get("/performances")
+    def list_performances(
+        who: Who, plan_key: str | None = None
+    ) -> list[dict[str, Any]]:
+        return list(store.list_performances(plan_key))
+
+
+def _task_routes(app: FastAPI, tasks: TaskService) -> None:
+    @app.post("/tasks", status_code=202)
+    async def submit_task(request: Request, who: Who) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise BadRequest("the task must be a JSON object (a TaskSpec)") from exc
+        task, created = await _in_thread(tasks.submit, who, body)
+        return JSONResponse(task, status_code=202 if created else 200)
+
+    @app.get("/tasks")
+    def list_tasks(who: Who, plan_key: str | None = None) -> list[dict[str, Any]]:
+        return list(tasks.list(plan_key))
+
+    @app.get("/tasks/{key}")
+    def get_task(key: str, who: Who) -> dict[str, Any]:
+        return dict(tasks.get(key))
+
+    @app.post("/tasks/{key}/cancel")
+    def cancel_task(key: str, who: Who) -> dict[str, Any]:
+        return dict(tasks.cancel(who, key))
+
+    @app.get("/tasks/{key}/logs", response_class=PlainTextResponse)
+    def task_logs(key: str, who: Who) -> str:
+        return str(tasks.logs(who, key))
+
+
+def _closing(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Iterate ``chunks`` and close the file behind them even if cut short."""
+    try:
+        yield from chunks
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+async def _in_thread(func: Any, *args: Any) -> Any:
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(func, *args)

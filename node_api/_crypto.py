@@ -1,0 +1,305 @@
+"""Encryption at rest: AES-256-GCM envelope encryption, streamed in chunks.
+
+Every stored object (an opener, a data sample, a function archive, a model)
+gets its own random 256-bit data key. The data key is wrapped by the node's
+master key through a :class:`KeyProvider` (a key file today; a KMS can take
+its place) and the wrapped key travels in the object's header.
+
+An object on disk::
+
+    MAGIC (8 bytes) | header length (4 bytes, big-endian) | header (JSON)
+    chunk 0 | chunk 1 | ... | chunk n-1        each: ciphertext + 16-byte tag
+
+The plaintext is cut into chunks of ``chunk_size`` bytes; the last chunk holds
+the rest (0 to ``chunk_size`` bytes). Chunk i is sealed with the nonce
+``i (11 bytes, big-endian) | final flag (1 byte)`` and the header as
+associated data, the STREAM construction (Hoang, Reyhanitabar, Rogaway and
+Vizár, 2015): reordering, truncating or extending the chunks, or editing the
+header, fails authentication. The SHA-256 of the plaintext is the object's
+checksum.
+
+Writes are atomic: bytes go to a temporary file in the store, which is
+fsynced and renamed into place only on commit; an aborted write leaves
+nothing behind. Memory stays bounded by a few chunks whatever the size.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import struct
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from airfed.node_api.errors import DecryptionFailed, NodeError, NotFound
+
+__all__ = [
+    "CHUNK_SIZE",
+    "FileKeyProvider",
+    "KeyProvider",
+    "ObjectStore",
+    "ObjectWriter",
+    "StoredObject",
+]
+
+CHUNK_SIZE = 4 * 1024 * 1024
+_MAGIC = b"AFENC\x00\x00\x01"
+_TAG = 16
+_KEY_WRAP_AAD = b"airfed data key v1"
+_MAX_HEADER = 64 * 1024
+
+
+class KeyProvider(Protocol):
+    """Wraps and unwraps data keys with a master key the provider guards."""
+
+    @property
+    def key_id(self) -> str:
+        """Identifies the master key (not secret); stored in each header."""
+        ...
+
+    def wrap(self, data_key: bytes) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes) -> bytes: ...
+
+
+class FileKeyProvider:
+    """A 32-byte master key read from a file (mode 0600)."""
+
+    def __init__(self, path: Path) -> None:
+        key = Path(path).read_bytes()
+        if len(key) != 32:
+            raise NodeError(f"master key {path} must hold exactly 32 bytes")
+        self._aead = AESGCM(key)
+        self._key_id = hashlib.sha256(b"airfed key id" + key).hexdigest()[:16]
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def wrap(self, data_key: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, data_key, _KEY_WRAP_AAD)
+
+    def unwrap(self, wrapped: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(wrapped[:12], wrapped[12:], _KEY_WRAP_AAD)
+        except InvalidTag as exc:
+            raise DecryptionFailed("a data key could not be unwrapped") from exc
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object once committed: its id, plaintext size and SHA-256."""
+
+    object_id: str
+    size: int
+    checksum: str
+
+
+def _nonce(index: int, final: bool) -> bytes:
+    return index.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
+
+
+class ObjectWriter:
+    """Encrypts what is written to it; ``commit`` makes the object visible.
+
+    Use it as a context manager: leaving the block without ``commit`` (an
+    exception, a refused upload) removes the temporary file.
+    """
+
+    def __init__(self, store: ObjectStore, chunk_size: int) -> None:
+        self._store = store
+        self._chunk_size = chunk_size
+        self._data_key = AESGCM.generate_key(bit_length=256)
+        self._aead = AESGCM(self._data_key)
+        self._digest = hashlib.sha256()
+        self._pending = bytearray()
+        self._index = 0
+        self._size = 0
+        self._done = False
+        fd, name = tempfile.mkstemp(prefix="obj-", dir=store.tmp_dir)
+        self._tmp = Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        self._header = self._header_bytes(store.keys)
+        self._file.write(_MAGIC + struct.pack(">I", len(self._header)) + self._header)
+
+    def _header_bytes(self, keys: KeyProvider) -> bytes:
+        header = {
+            "v": 1,
+            "key_id": keys.key_id,
+            "wrapped_key": base64.b64encode(keys.wrap(self._data_key)).decode(),
+            "chunk_size": self._chunk_size,
+        }
+        return json.dumps(header, sort_keys=True).encode()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Add plaintext; seals every full chunk except a possible last one."""
+        self._digest.update(data)
+        self._size += len(data)
+        if not self._pending and len(data) > self._chunk_size:
+            view = memoryview(data)
+            while len(view) > self._chunk_size:
+                self._seal(view[: self._chunk_size], final=False)
+                view = view[self._chunk_size :]
+            self._pending += view
+            return len(data)
+        self._pending += data
+        while len(self._pending) > self._chunk_size:
+            self._seal(self._pending[: self._chunk_size], final=False)
+            del self._pending[: self._chunk_size]
+        return len(data)
+
+    def _seal(self, chunk: bytes | bytearray | memoryview, *, final: bool) -> None:
+        nonce = _nonce(self._index, final)
+        self._file.write(self._aead.encrypt(nonce, bytes(chunk), self._header))
+        self._index += 1
+
+    def commit(self) -> StoredObject:
+        """Seal the last chunk, fsync, and move the object into place."""
+        self._seal(self._pending, final=True)
+        self._pending.clear()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        object_id = uuid.uuid4().hex
+        self._tmp.replace(self._store.path(object_id))
+        self._done = True
+        return StoredObject(object_id, self._size, self._digest.hexdigest())
+
+    def abort(self) -> None:
+        if not self._done:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            self._done = True
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+class ObjectStore:
+    """Encrypted objects in a folder: ``objects/<id>`` and ``tmp/``."""
+
+    def __init__(
+        self, root: Path, keys: KeyProvider, chunk_size: int = CHUNK_SIZE
+    ) -> None:
+        self.root = Path(root)
+        self.keys = keys
+        self.chunk_size = chunk_size
+        self.objects_dir = self.root / "objects"
+        self.tmp_dir = self.root / "tmp"
+        for folder in (self.objects_dir, self.tmp_dir):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path(self, object_id: str) -> Path:
+        if not object_id.isalnum():
+            raise NotFound(f"no stored object {object_id!r}")
+        return self.objects_dir / object_id
+
+    def writer(self) -> ObjectWriter:
+        return ObjectWriter(self, self.chunk_size)
+
+    def put_file(self, source: Path) -> StoredObject:
+        """Encrypt a plaintext file into the store."""
+        with self.writer() as writer, Path(source).open("rb", buffering=0) as handle:
+            while chunk := handle.read(self.chunk_size):
+                writer.write(chunk)
+            return writer.commit()
+
+    def put_bytes(self, data: bytes) -> StoredObject:
+        with self.writer() as writer:
+            writer.write(data)
+            return writer.commit()
+
+    def read(self, object_id: str) -> Iterator[bytes]:
+        """Yield the plaintext chunk by chunk, each authenticated first."""
+        path = self.path(object_id)
+        try:
+            handle = path.open("rb", buffering=0)
+        except FileNotFoundError as exc:
+            raise NotFound(f"stored object {object_id} is missing") from exc
+        with handle:
+            yield from self._decrypt(handle, os.fstat(handle.fileno()).st_size)
+
+    def _decrypt(self, handle: _Readable, total: int) -> Iterator[bytes]:
+        header, chunk_size = self._read_header(handle)
+        aead = AESGCM(self._data_key(header))
+        position = len(_MAGIC) + 4 + len(header)
+        index = 0
+        while True:
+            block = handle.read(chunk_size + _TAG)
+            position += len(block)
+            final = position >= total
+            if len(block) < _TAG:
+                raise DecryptionFailed("stored object is truncated")
+            try:
+                yield aead.decrypt(_nonce(index, final), block, header)
+            except InvalidTag as exc:
+                raise DecryptionFailed("stored object failed authentication") from exc
+            if final:
+                return
+            index += 1
+
+    def _read_header(self, handle: _Readable) -> tuple[bytes, int]:
+        prefix = handle.read(len(_MAGIC) + 4)
+        if len(prefix) != len(_MAGIC) + 4 or prefix[: len(_MAGIC)] != _MAGIC:
+            raise DecryptionFailed("stored object has no airfed header")
+        (length,) = struct.unpack(">I", prefix[len(_MAGIC) :])
+        if length > _MAX_HEADER:
+            raise DecryptionFailed("stored object header is too long")
+        header = handle.read(length)
+        try:
+            chunk_size = int(json.loads(header)["chunk_size"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DecryptionFailed("stored object header is unreadable") from exc
+        return header, chunk_size
+
+    def _data_key(self, header: bytes) -> bytes:
+        fields = json.loads(header)
+        if fields.get("key_id") != self.keys.key_id:
+            raise DecryptionFailed(
+                "stored object was encrypted under another master key"
+            )
+        return self.keys.unwrap(base64.b64decode(fields["wrapped_key"]))
+
+    def decrypt_to(self, object_id: str, dest: Path) -> str:
+        """Write the plaintext to ``dest`` (mode 0600); return its SHA-256."""
+        digest = hashlib.sha256()
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            for chunk in self.read(object_id):
+                digest.update(chunk)
+                out.write(chunk)
+        return digest.hexdigest()
+
+    def delete(self, object_id: str) -> None:
+        self.path(object_id).unlink(missing_ok=True)
+
+    def exists(self, object_id: str) -> bool:
+        return self.path(object_id).is_file()
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...

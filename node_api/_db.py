@@ -1,0 +1,221 @@
+"""The node's database: SQLAlchemy 2 models and the session factory.
+
+SQLite by default, PostgreSQL by URL; the schema is created and upgraded by
+the alembic migrations in ``airfed.node_api.migrations`` (``migrate``), which
+``airfed node start`` runs before serving. Timestamps are UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+__all__ = [
+    "ApiToken",
+    "Base",
+    "DataSample",
+    "Database",
+    "Dataset",
+    "Function",
+    "Model",
+    "ModelAccess",
+    "Performance",
+    "Task",
+    "utcnow",
+]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        dt.datetime: DateTime(timezone=True),
+    }
+
+
+class ApiToken(Base):
+    """A user's API token, stored as its SHA-256 (the token is shown once)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(200), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(200))
+    permissions: Mapped[dict[str, Any]]
+    logs_permission: Mapped[dict[str, Any]]
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
+    opener_object: Mapped[str] = mapped_column(String(64))
+    opener_checksum: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DataSample(Base):
+    __tablename__ = "data_samples"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset_key: Mapped[str] = mapped_column(ForeignKey("datasets.key"), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    object_id: Mapped[str] = mapped_column(String(64))
+    checksum: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(20))  # "upload" or "path"
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Function(Base):
+    __tablename__ = "functions"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(200))
+    entrypoint: Mapped[str] = mapped_column(String(300))
+    inputs: Mapped[list[Any]]
+    outputs: Mapped[list[Any]]
+    permissions: Mapped[dict[str, Any]]
+    object_id: Mapped[str] = mapped_column(String(64))
+    checksum: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    plan_key: Mapped[str] = mapped_column(String(64), index=True)
+    task_key: Mapped[str] = mapped_column(String(64), index=True)
+    identifier: Mapped[str] = mapped_column(String(200))
+    permissions: Mapped[dict[str, Any]]
+    transient: Mapped[bool] = mapped_column(default=False)
+    object_id: Mapped[str] = mapped_column(String(64))
+    checksum: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ModelAccess(Base):
+    """Who read a model's content, when, and why."""
+
+    __tablename__ = "model_accesses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_key: Mapped[str] = mapped_column(ForeignKey("models.key"), index=True)
+    organization: Mapped[str] = mapped_column(String(200))
+    user: Mapped[str | None] = mapped_column(String(200))
+    purpose: Mapped[str] = mapped_column(String(20))  # "download" or "process"
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Performance(Base):
+    __tablename__ = "performances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_key: Mapped[str] = mapped_column(String(64), index=True)
+    plan_key: Mapped[str] = mapped_column(String(64), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(200))
+    identifier: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    plan_key: Mapped[str] = mapped_column(String(64), index=True)
+    spec: Mapped[dict[str, Any]]
+    plan: Mapped[dict[str, Any]]
+    submitter: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    outputs: Mapped[dict[str, Any]]
+    performances: Mapped[dict[str, Any]]
+    receipt: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    logs: Mapped[str | None] = mapped_column(Text)
+    dataset_key: Mapped[str | None] = mapped_column(String(64))
+    function_owner: Mapped[str | None] = mapped_column(String(200))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    ended_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Database:
+    """An engine and its sessions; ``migrate`` brings the schema up to date."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        self.engine = _engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        from airfed.node_api.migrations import upgrade
+
+        upgrade(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits when the block ends and rolls back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

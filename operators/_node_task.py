@@ -1,0 +1,171 @@
+"""The operator that runs one task of a compute plan on its worker's node.
+
+By default the task starts in the triggerer (``start_from_trigger``): the
+scheduler hands it straight to :class:`NodeTaskTrigger`, which posts the task
+to the node and polls it, so a waiting task holds no worker slot at all. When
+the node is done the task resumes on a worker in :meth:`execute_complete`,
+where listeners see it end, and pushes to XCom only references and hashes:
+output model keys and checksums, performances and the node's signed receipt.
+Models travel from node to node, never through Airflow.
+
+With ``start_from_trigger=False`` the worker posts the task itself
+(:meth:`execute`) and then defers to the same trigger.
+
+Retries are safe: the node deduplicates tasks by key, so posting again
+returns the task already running or finished. A function that failed, or a
+task the node refused, fails without retry; an unreachable node is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.triggers.base import StartTriggerArgs
+
+from airfed.operators._settings import node_poll_interval
+from airfed.operators._trigger import NodeTaskTrigger, node_client_args
+from airfed.sdk.errors import NodeRequestError
+from airfed.sdk.node_client import NodeClient
+from airfed.sdk.orchestrator import task_id_for
+from airfed.sdk.spec import TaskSpec
+
+__all__ = ["NodeTaskOperator", "task_result"]
+
+logger = logging.getLogger(__name__)
+
+_TRIGGER_CLASSPATH = "airfed.operators._trigger.NodeTaskTrigger"
+_RECEIPT_FIELDS = (
+    "task_key",
+    "function_hash",
+    "input_hashes",
+    "output_hashes",
+    "status",
+    "signer",
+    "signature",
+)
+
+
+def task_result(event: Mapping[str, Any]) -> dict[str, Any]:
+    """What a finished task pushes to XCom: references and hashes only."""
+    outputs = {
+        identifier: {
+            "kind": output.get("kind"),
+            "model_key": output.get("model_key"),
+            "checksum": output.get("checksum"),
+        }
+        for identifier, output in (event.get("outputs") or {}).items()
+    }
+    receipt = event.get("receipt") or {}
+    return {
+        "task_key": event["task_key"],
+        "worker": event["worker"],
+        "status": event["status"],
+        "outputs": outputs,
+        "performances": dict(event.get("performances") or {}),
+        "receipt": {k: receipt[k] for k in _RECEIPT_FIELDS if k in receipt} or None,
+    }
+
+
+class NodeTaskOperator(BaseOperator):
+    """Run ``task_spec`` on the node of its worker and wait for it, deferrably."""
+
+    ui_color = "#d9ecf7"
+    ui_fgcolor = "#0b3a53"
+
+    def __init__(
+        self,
+        *,
+        task_spec: TaskSpec | Mapping[str, Any],
+        plan: Mapping[str, Any] | None = None,
+        start_from_trigger: bool = True,
+        poll_interval: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        spec = (
+            task_spec
+            if isinstance(task_spec, TaskSpec)
+            else TaskSpec.model_validate(task_spec)
+        )
+        kwargs.setdefault("task_id", task_id_for(spec))
+        super().__init__(**kwargs)
+        self.task_spec = spec.model_dump(mode="json")
+        self.plan = dict(plan) if plan is not None else None
+        self.task_key = spec.key
+        self.worker = spec.worker
+        self.poll_interval = (
+            poll_interval if poll_interval is not None else node_poll_interval()
+        )
+        self.start_trigger_args = StartTriggerArgs(
+            trigger_cls=_TRIGGER_CLASSPATH,
+            trigger_kwargs=self._trigger(submit=True).serialize()[1],
+            next_method="execute_complete",
+            next_kwargs=None,
+            timeout=None,
+        )
+        self.start_from_trigger = start_from_trigger
+
+    def _trigger(self, *, submit: bool) -> NodeTaskTrigger:
+        return NodeTaskTrigger(
+            task_spec=self.task_spec,
+            plan=self.plan,
+            submit=submit,
+            poll_interval=self.poll_interval,
+        )
+
+    def _node(self) -> NodeClient:
+        url, ssl_context = node_client_args(self.worker)
+        return NodeClient(url, ssl_context)
+
+    def execute(self, context: Any) -> None:
+        try:
+            with self._node() as node:
+                node.submit_task(self.task_spec, self.plan)
+        except NodeRequestError as exc:
+            if exc.status == 0:
+                raise AirflowException(exc.detail) from exc
+            raise AirflowFailException(
+                f"node {self.worker} refused task {self.task_key}: {exc.detail}"
+            ) from exc
+        logger.info("task posted task=%s node=%s", self.task_key, self.worker)
+        self.defer(trigger=self._trigger(submit=False), method_name="execute_complete")
+
+    def execute_complete(
+        self, context: Any, event: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        if event is None:
+            raise AirflowException(f"task {self.task_key} resumed without an event")
+        status = event.get("status")
+        error = str(event.get("error") or "no error reported").splitlines()
+        first_line = error[0] if error else ""
+        if status == "unreachable":
+            raise AirflowException(
+                f"node {self.worker} unreachable for task {self.task_key}: {first_line}"
+            )
+        if status != "done":
+            raise AirflowFailException(
+                f"task {self.task_key} {status} on node {self.worker}: {first_line}"
+            )
+        result = task_result(event)
+        logger.info(
+            "task done task=%s node=%s outputs=%d",
+            self.task_key,
+            self.worker,
+            len(result["outputs"]),
+        )
+        return result
+
+    def on_kill(self) -> None:
+        try:
+            with self._node() as node:
+                node.cancel_task(self.task_key)
+        except NodeRequestError as exc:
+            logger.warning(
+                "cancel not delivered task=%s node=%s status=%s",
+                self.task_key,
+                self.worker,
+                exc.status,
+            )

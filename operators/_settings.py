@@ -1,0 +1,40 @@
+"""airfed's settings in Airflow's configuration (section ``[airfed]``).
+
+``plans_folder`` holds one plan spec per submitted plan (``<key>.json``);
+``network`` is the folder written by ``airfed network init``, whose
+``orchestrator/`` profile holds the TLS identity with which operators call
+nodes; ``node_poll_interval`` is the pause between two status requests to a
+node. Each is also read from ``AIRFLOW__AIRFED__<NAME>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.sdk import conf
+
+from airfed.sdk.network import ORCHESTRATOR_ID
+
+__all__ = [
+    "network_folder",
+    "node_poll_interval",
+    "orchestrator_profile",
+    "plans_folder",
+]
+
+
+def plans_folder() -> Path:
+    return Path(conf.get("airfed", "plans_folder", fallback="plans")).expanduser()
+
+
+def network_folder() -> Path:
+    return Path(conf.get("airfed", "network", fallback="network")).expanduser()
+
+
+def orchestrator_profile() -> Path:
+    """The orchestrator's profile folder: ``<network>/orchestrator``."""
+    return network_folder() / ORCHESTRATOR_ID
+
+
+def node_poll_interval() -> float:
+    return conf.getfloat("airfed", "node_poll_interval", fallback=0.5)

@@ -1,0 +1,158 @@
+"""The trigger that runs a task on a node and waits for it in the triggerer.
+
+It posts the task to the worker's node (``POST /tasks``; the node returns the
+existing task when the key is known, so posting again is safe), then polls
+``GET /tasks/{key}`` over mutual TLS until the status is final, and fires
+one event::
+
+    {"task_key", "worker", "status": done|failed|canceled|rejected|unreachable,
+     "error": str | None, "outputs", "performances", "receipt"}
+
+``rejected`` means the node refused the task (e.g. a permission); it will
+refuse it again. ``unreachable`` means the node could not be reached for
+``_UNREACHABLE_AFTER`` seconds; a retry may succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airfed.operators._settings import network_folder, orchestrator_profile
+from airfed.sdk.errors import NodeRequestError
+from airfed.sdk.network import client_ssl_context, load_network
+from airfed.sdk.node_client import AsyncNodeClient
+
+__all__ = ["FINAL_NODE_STATUSES", "NodeTaskTrigger", "node_client_args"]
+
+logger = logging.getLogger(__name__)
+
+FINAL_NODE_STATUSES = frozenset({"done", "failed", "canceled"})
+_UNREACHABLE_AFTER = 60.0
+_CLASSPATH = "airfed.operators._trigger.NodeTaskTrigger"
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(profile: Path) -> ssl.SSLContext:
+    return client_ssl_context(profile)
+
+
+def node_client_args(worker: str) -> tuple[str, ssl.SSLContext]:
+    """The worker's node URL and the orchestrator's TLS context to call it."""
+    network = load_network(network_folder())
+    return network.organization(worker).node_url, _ssl_context(orchestrator_profile())
+
+
+def _event(task_key: str, worker: str, status: str, **fields: Any) -> TriggerEvent:
+    payload: dict[str, Any] = {
+        "task_key": task_key,
+        "worker": worker,
+        "status": status,
+        "error": None,
+        "outputs": {},
+        "performances": {},
+        "receipt": None,
+    }
+    payload.update(fields)
+    return TriggerEvent(payload)
+
+
+def _from_node(task_key: str, worker: str, node_task: dict[str, Any]) -> TriggerEvent:
+    return _event(
+        task_key,
+        worker,
+        str(node_task["status"]),
+        error=node_task.get("error"),
+        outputs=node_task.get("outputs") or {},
+        performances=node_task.get("performances") or {},
+        receipt=node_task.get("receipt"),
+    )
+
+
+class NodeTaskTrigger(BaseTrigger):
+    """Post a task to its worker's node and wait until the node finishes it."""
+
+    def __init__(
+        self,
+        task_spec: dict[str, Any],
+        plan: dict[str, Any] | None = None,
+        submit: bool = True,
+        poll_interval: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.task_spec = task_spec
+        self.plan = plan
+        self.submit = submit
+        self.poll_interval = poll_interval
+
+    @property
+    def task_key(self) -> str:
+        return str(self.task_spec["key"])
+
+    @property
+    def worker(self) -> str:
+        return str(self.task_spec["worker"])
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            _CLASSPATH,
+            {
+                "task_spec": self.task_spec,
+                "plan": self.plan,
+                "submit": self.submit,
+                "poll_interval": self.poll_interval,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            url, ssl_context = node_client_args(self.worker)
+        except Exception as exc:  # a missing network file or organization
+            yield _event(self.task_key, self.worker, "rejected", error=str(exc))
+            return
+        async with AsyncNodeClient(url, ssl_context) as client:
+            yield await self._run_on(client)
+
+    async def _run_on(self, client: AsyncNodeClient) -> TriggerEvent:
+        since = time.monotonic()
+        while True:
+            try:
+                return await self._submit_and_poll(client)
+            except NodeRequestError as exc:
+                if exc.status != 0:
+                    status = "rejected" if self.submit else "failed"
+                    return _event(self.task_key, self.worker, status, error=exc.detail)
+                if time.monotonic() - since > _UNREACHABLE_AFTER:
+                    return _event(
+                        self.task_key, self.worker, "unreachable", error=exc.detail
+                    )
+                logger.warning(
+                    "node unreachable task=%s node=%s", self.task_key, self.worker
+                )
+                await asyncio.sleep(min(5.0, self.poll_interval * 4))
+
+    async def _submit_and_poll(self, client: AsyncNodeClient) -> TriggerEvent:
+        if self.submit:
+            node_task = await client.submit_task(self.task_spec, self.plan)
+            self.submit = False
+            logger.info("task posted task=%s node=%s", self.task_key, self.worker)
+        else:
+            node_task = await client.get_task(self.task_key)
+        while node_task.get("status") not in FINAL_NODE_STATUSES:
+            await asyncio.sleep(self.poll_interval)
+            node_task = await client.get_task(self.task_key)
+        logger.info(
+            "task ended task=%s node=%s status=%s",
+            self.task_key,
+            self.worker,
+            node_task["status"],
+        )
+        return _from_node(self.task_key, self.worker, node_task)

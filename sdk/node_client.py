@@ -1,0 +1,485 @@
+"""Clients of a node's HTTP API (mutual TLS), sync and async.
+
+:class:`NodeClient` (``httpx.Client``) and :class:`AsyncNodeClient`
+(``httpx.AsyncClient``) offer one method per endpoint of the node API. Both
+present the organization's certificate; a user token, when given, makes the
+caller ``org/user``. A problem answered by the node raises
+:class:`~airfed.sdk.errors.NodeRequestError` with its HTTP status and detail;
+a node that cannot be reached (refused connection, failed TLS handshake)
+raises it with status 0.
+
+Uploads stream from disk and downloads stream to disk: a model is written to
+a temporary file next to its destination, its SHA-256 checked against the
+node's ``X-Airfed-Checksum`` header, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import ssl
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from airfed.sdk.errors import NodeRequestError
+from airfed.sdk.network import client_ssl_context, load_network
+from airfed.sdk.spec import TaskSpec
+
+__all__ = ["CHECKSUM_HEADER", "AsyncNodeClient", "NodeClient"]
+
+CHECKSUM_HEADER = "X-Airfed-Checksum"
+_DOWNLOAD_CHUNK = 1024 * 1024
+_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+
+@dataclass
+class _Call:
+    """One request, described independently of the client that sends it."""
+
+    method: str
+    path: str
+    params: dict[str, str] = field(default_factory=dict)
+    json_body: Any = None
+    data: dict[str, str] | None = None
+    files: dict[str, tuple[str, IO[bytes], str]] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"params": self.params}
+        if self.json_body is not None:
+            out["json"] = self.json_body
+        if self.data is not None:
+            out["data"] = self.data
+        if self.files is not None:
+            out["files"] = self.files
+        return out
+
+
+def _params(**values: str | None) -> dict[str, str]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _problem_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])
+    return response.text[:500]
+
+
+def _raise_for_problem(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        raise NodeRequestError(response.status_code, _problem_detail(response))
+
+
+def _transport_error(base_url: str, exc: httpx.HTTPError) -> NodeRequestError:
+    return NodeRequestError(0, f"cannot reach the node at {base_url}: {exc}")
+
+
+def _task_body(
+    task: TaskSpec | Mapping[str, Any], plan: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    body = task.model_dump(mode="json") if isinstance(task, TaskSpec) else dict(task)
+    if plan is not None:
+        body["plan"] = dict(plan)
+    return body
+
+
+class _DownloadTarget:
+    """A temporary file next to ``dest`` that becomes ``dest`` once verified."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = Path(dest)
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.dest.name}.", dir=self.dest.parent)
+        self.tmp = Path(name)
+        self.handle = os.fdopen(fd, "wb")
+        self.digest = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.handle.write(chunk)
+
+    def commit(self, key: str, expected: str | None) -> str:
+        self.handle.close()
+        checksum = self.digest.hexdigest()
+        if expected is not None and expected != checksum:
+            self.discard()
+            raise NodeRequestError(
+                502, f"model {key} arrived corrupted (checksum mismatch); retry"
+            )
+        self.tmp.replace(self.dest)
+        return checksum
+
+    def discard(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class _Endpoints:
+    """Descriptions of the node API's calls, shared by both clients."""
+
+    @staticmethod
+    def dataset(metadata: Mapping[str, Any], opener: IO[bytes]) -> _Call:
+        return _Call(
+            "POST",
+            "/datasets",
+            data={"metadata": json.dumps(dict(metadata))},
+            files={"opener": ("opener.py", opener, "text/x-python")},
+        )
+
+    @staticmethod
+    def function(metadata: Mapping[str, Any], archive: IO[bytes]) -> _Call:
+        return _Call(
+            "POST",
+            "/functions",
+            data={"metadata": json.dumps(dict(metadata))},
+            files={"archive": ("function.tar.gz", archive, "application/gzip")},
+        )
+
+    @staticmethod
+    def sample_archive(dataset_key: str, archive: IO[bytes]) -> _Call:
+        return _Call(
+            "POST",
+            f"/datasets/{dataset_key}/samples",
+            files={"archive": ("sample.tar.gz", archive, "application/gzip")},
+        )
+
+
+@contextlib.contextmanager
+def _packed(folder: Path) -> Iterator[Path]:
+    from airfed.node_api._archive import pack_folder
+
+    with tempfile.TemporaryDirectory(prefix="airfed-pack-") as tmp:
+        yield pack_folder(Path(folder), Path(tmp) / "folder.tar.gz")
+
+
+class NodeClient:
+    """Synchronous client of one node."""
+
+    def __init__(
+        self,
+        base_url: str,
+        ssl_context: ssl.SSLContext,
+        token: str | None = None,
+        *,
+        timeout: httpx.Timeout | float = _TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=self.base_url, verify=ssl_context, headers=headers, timeout=timeout
+        )
+
+    @classmethod
+    def for_profile(
+        cls, profile_dir: Path, org_id: str, token: str | None = None
+    ) -> NodeClient:
+        """A client of ``org_id``'s node, presenting the profile's certificate."""
+        profile_dir = Path(profile_dir)
+        network = load_network(profile_dir.parent / "network.yaml")
+        url = network.organization(org_id).node_url
+        return cls(url, client_ssl_context(profile_dir), token)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- transport
+
+    def _send(self, call: _Call) -> httpx.Response:
+        try:
+            response = self._http.request(call.method, call.path, **call.kwargs())
+        except httpx.HTTPError as exc:
+            raise _transport_error(self.base_url, exc) from exc
+        _raise_for_problem(response)
+        return response
+
+    def _json(self, call: _Call) -> Any:
+        return self._send(call).json()
+
+    # -- network
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._json(_Call("GET", "/health")))
+
+    def organizations(self) -> list[dict[str, Any]]:
+        return list(self._json(_Call("GET", "/organizations")))
+
+    # -- datasets and data samples
+
+    def create_dataset(
+        self, metadata: Mapping[str, Any], opener: Path
+    ) -> dict[str, Any]:
+        with Path(opener).open("rb") as handle:
+            return dict(self._json(_Endpoints.dataset(metadata, handle)))
+
+    def list_datasets(self, q: str | None = None) -> list[dict[str, Any]]:
+        return list(self._json(_Call("GET", "/datasets", _params(q=q))))
+
+    def get_dataset(self, key: str) -> dict[str, Any]:
+        return dict(self._json(_Call("GET", f"/datasets/{key}")))
+
+    def add_sample_archive(self, dataset_key: str, archive: Path) -> dict[str, Any]:
+        with Path(archive).open("rb") as handle:
+            return dict(self._json(_Endpoints.sample_archive(dataset_key, handle)))
+
+    def add_sample_folder(self, dataset_key: str, folder: Path) -> dict[str, Any]:
+        """Pack a local folder as tar.gz and upload it as one data sample."""
+        with _packed(folder) as archive:
+            return self.add_sample_archive(dataset_key, archive)
+
+    def add_sample_path(self, dataset_key: str, path: str) -> dict[str, Any]:
+        """Register a folder already on the node's disk as a data sample."""
+        call = _Call(
+            "POST", f"/datasets/{dataset_key}/samples", json_body={"path": path}
+        )
+        return dict(self._json(call))
+
+    def list_samples(self, dataset: str | None = None) -> list[dict[str, Any]]:
+        return list(self._json(_Call("GET", "/samples", _params(dataset=dataset))))
+
+    # -- functions
+
+    def create_function(
+        self, metadata: Mapping[str, Any], archive: Path
+    ) -> dict[str, Any]:
+        with Path(archive).open("rb") as handle:
+            return dict(self._json(_Endpoints.function(metadata, handle)))
+
+    def create_function_from_folder(
+        self, metadata: Mapping[str, Any], folder: Path
+    ) -> dict[str, Any]:
+        with _packed(folder) as archive:
+            return self.create_function(metadata, archive)
+
+    def list_functions(self, q: str | None = None) -> list[dict[str, Any]]:
+        return list(self._json(_Call("GET", "/functions", _params(q=q))))
+
+    def get_function(self, key: str) -> dict[str, Any]:
+        return dict(self._json(_Call("GET", f"/functions/{key}")))
+
+    # -- models and performances
+
+    def list_models(
+        self, plan_key: str | None = None, task_key: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = _params(plan_key=plan_key, task_key=task_key)
+        return list(self._json(_Call("GET", "/models", params)))
+
+    def get_model_metadata(self, key: str) -> dict[str, Any]:
+        return dict(self._json(_Call("GET", f"/models/{key}/metadata")))
+
+    def download_model(self, key: str, dest: Path) -> str:
+        """Stream model ``key`` into ``dest``; return its verified SHA-256."""
+        target = _DownloadTarget(dest)
+        try:
+            with self._http.stream("GET", f"/models/{key}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for_problem(response)
+                for chunk in response.iter_raw(_DOWNLOAD_CHUNK):
+                    target.write(chunk)
+                expected = response.headers.get(CHECKSUM_HEADER)
+        except httpx.HTTPError as exc:
+            target.discard()
+            raise _transport_error(self.base_url, exc) from exc
+        except BaseException:
+            target.discard()
+            raise
+        return target.commit(key, expected)
+
+    def model_accesses(self, key: str) -> list[dict[str, Any]]:
+        return list(self._json(_Call("GET", f"/models/{key}/accesses")))
+
+    def list_performances(self, plan_key: str | None = None) -> list[dict[str, Any]]:
+        params = _params(plan_key=plan_key)
+        return list(self._json(_Call("GET", "/performances", params)))
+
+    # -- tasks
+
+    def submit_task(
+        self,
+        task: TaskSpec | Mapping[str, Any],
+        plan: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Post a task; re-posting the same key returns the existing task."""
+        call = _Call("POST", "/tasks", json_body=_task_body(task, plan))
+        return dict(self._json(call))
+
+    def get_task(self, key: str) -> dict[str, Any]:
+        return dict(self._json(_Call("GET", f"/tasks/{key}")))
+
+    def list_tasks(self, plan_key: str | None = None) -> list[dict[str, Any]]:
+        return list(self._json(_Call("GET", "/tasks", _params(plan_key=plan_key))))
+
+    def cancel_task(self, key: str) -> dict[str, Any]:
+        return dict(self._json(_Call("POST", f"/tasks/{key}/cancel")))
+
+    def task_logs(self, key: str) -> str:
+        return self._send(_Call("GET", f"/tasks/{key}/logs")).text
+
+
+class AsyncNodeClient:
+    """Asynchronous client of one node (for Airflow's triggerer and nodes)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        ssl_context: ssl.SSLContext,
+        token: str | None = None,
+        *,
+        timeout: httpx.Timeout | float = _TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, verify=ssl_context, headers=headers, timeout=timeout
+        )
+
+    @classmethod
+    def for_profile(
+        cls, profile_dir: Path, org_id: str, token: str | None = None
+    ) -> AsyncNodeClient:
+        profile_dir = Path(profile_dir)
+        network = load_network(profile_dir.parent / "network.yaml")
+        url = network.organization(org_id).node_url
+        return cls(url, client_ssl_context(profile_dir), token)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncNodeClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _send(self, call: _Call) -> httpx.Response:
+        try:
+            response = await self._http.request(call.method, call.path, **call.kwargs())
+        except httpx.HTTPError as exc:
+            raise _transport_error(self.base_url, exc) from exc
+        _raise_for_problem(response)
+        return response
+
+    async def _json(self, call: _Call) -> Any:
+        return (await self._send(call)).json()
+
+    async def health(self) -> dict[str, Any]:
+        return dict(await self._json(_Call("GET", "/health")))
+
+    async def organizations(self) -> list[dict[str, Any]]:
+        return list(await self._json(_Call("GET", "/organizations")))
+
+    async def create_dataset(
+        self, metadata: Mapping[str, Any], opener: Path
+    ) -> dict[str, Any]:
+        with Path(opener).open("rb") as handle:
+            return dict(await self._json(_Endpoints.dataset(metadata, handle)))
+
+    async def list_datasets(self, q: str | None = None) -> list[dict[str, Any]]:
+        return list(await self._json(_Call("GET", "/datasets", _params(q=q))))
+
+    async def get_dataset(self, key: str) -> dict[str, Any]:
+        return dict(await self._json(_Call("GET", f"/datasets/{key}")))
+
+    async def add_sample_archive(
+        self, dataset_key: str, archive: Path
+    ) -> dict[str, Any]:
+        with Path(archive).open("rb") as handle:
+            call = _Endpoints.sample_archive(dataset_key, handle)
+            return dict(await self._json(call))
+
+    async def add_sample_path(self, dataset_key: str, path: str) -> dict[str, Any]:
+        call = _Call(
+            "POST", f"/datasets/{dataset_key}/samples", json_body={"path": path}
+        )
+        return dict(await self._json(call))
+
+    async def list_samples(self, dataset: str | None = None) -> list[dict[str, Any]]:
+        call = _Call("GET", "/samples", _params(dataset=dataset))
+        return list(await self._json(call))
+
+    async def create_function(
+        self, metadata: Mapping[str, Any], archive: Path
+    ) -> dict[str, Any]:
+        with Path(archive).open("rb") as handle:
+            return dict(await self._json(_Endpoints.function(metadata, handle)))
+
+    async def list_functions(self, q: str | None = None) -> list[dict[str, Any]]:
+        return list(await self._json(_Call("GET", "/functions", _params(q=q))))
+
+    async def get_function(self, key: str) -> dict[str, Any]:
+        return dict(await self._json(_Call("GET", f"/functions/{key}")))
+
+    async def list_models(
+        self, plan_key: str | None = None, task_key: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = _params(plan_key=plan_key, task_key=task_key)
+        return list(await self._json(_Call("GET", "/models", params)))
+
+    async def get_model_metadata(self, key: str) -> dict[str, Any]:
+        return dict(await self._json(_Call("GET", f"/models/{key}/metadata")))
+
+    async def download_model(self, key: str, dest: Path) -> str:
+        """Stream model ``key`` into ``dest``; return its verified SHA-256."""
+        target = _DownloadTarget(dest)
+        try:
+            async with self._http.stream("GET", f"/models/{key}") as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _raise_for_problem(response)
+                async for chunk in response.aiter_raw(_DOWNLOAD_CHUNK):
+                    target.write(chunk)
+                expected = response.headers.get(CHECKSUM_HEADER)
+        except httpx.HTTPError as exc:
+            target.discard()
+            raise _transport_error(self.base_url, exc) from exc
+        except BaseException:
+            target.discard()
+            raise
+        return target.commit(key, expected)
+
+    async def model_accesses(self, key: str) -> list[dict[str, Any]]:
+        return list(await self._json(_Call("GET", f"/models/{key}/accesses")))
+
+    async def list_performances(
+        self, plan_key: str | None = None
+    ) -> list[dict[str, Any]]:
+        call = _Call("GET", "/performances", _params(plan_key=plan_key))
+        return list(await self._json(call))
+
+    async def submit_task(
+        self,
+        task: TaskSpec | Mapping[str, Any],
+        plan: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        call = _Call("POST", "/tasks", json_body=_task_body(task, plan))
+        return dict(await self._json(call))
+
+    async def get_task(self, key: str) -> dict[str, Any]:
+        return dict(await self._json(_Call("GET", f"/tasks/{key}")))
+
+    async def list_tasks(self, plan_key: str | None = None) -> list[dict[str, Any]]:
+        call = _Call("GET", "/tasks", _params(plan_key=plan_key))
+        return list(await self._json(call))
+
+    async def cancel_task(self, key: str) -> dict[str, Any]:
+        return dict(await self._json(_Call("POST", f"/tasks/{key}/cancel")))
+
+    async def task_logs(self, key: str) -> str:
+        return (await self._send(_Call("GET", f"/tasks/{key}/logs"))).text

@@ -1,0 +1,83 @@
+"""Performances of a compute plan as a table: one row per round.
+
+Test tasks say which model they evaluate in their metadata: ``"model":
+"local"`` marks an organization's local-only baseline (the organization is
+``metadata["organization"]``, or the task's worker); any other test task
+evaluates the federated model. A column is a metric of one model: the
+federated model's value is the mean over the organizations that tested it in
+that round (weighted by nothing: each organization's test data counts once);
+a local model's value is its organization's own.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from airfed.sdk.catalog import Performance
+
+__all__ = ["FEDERATED", "PerformanceTable", "model_label", "performance_table"]
+
+FEDERATED = "federated"
+
+
+@dataclass(frozen=True)
+class PerformanceTable:
+    """Metric values by round; ``columns`` are ``(model, metric)`` pairs."""
+
+    columns: tuple[tuple[str, str], ...]
+    rows: tuple[tuple[int, tuple[float | None, ...]], ...]
+
+    def to_json(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{model: {metric: {round: value}}}`` with rounds as strings."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for index, (model, metric) in enumerate(self.columns):
+            series = out.setdefault(model, {}).setdefault(metric, {})
+            for round_, values in self.rows:
+                value = values[index]
+                if value is not None:
+                    series[str(round_)] = value
+        return out
+
+
+def model_label(metadata: Mapping[str, str], worker: str) -> str:
+    """``federated``, or ``local:<organization>`` for a local-only baseline."""
+    if metadata.get("model") == "local":
+        return f"local:{metadata.get('organization') or worker}"
+    return FEDERATED
+
+
+def performance_table(
+    performances: Iterable[Performance],
+    task_metadata: Mapping[str, Mapping[str, str]] | None = None,
+) -> PerformanceTable:
+    """Group performances by round and by (model, metric).
+
+    ``task_metadata`` maps task keys to their metadata (from the plan spec);
+    without it every performance counts as one of the federated model.
+    """
+    values: dict[tuple[int, str, str], list[float]] = defaultdict(list)
+    for perf in performances:
+        metadata = (task_metadata or {}).get(perf.task_key, {})
+        label = model_label(metadata, perf.worker)
+        values[(perf.round, label, perf.identifier)].append(perf.value)
+    columns = tuple(
+        sorted({(model, metric) for _, model, metric in values}, key=_order)
+    )
+    rounds = sorted({round_ for round_, _, _ in values})
+    rows = tuple(
+        (round_, tuple(_mean(values.get((round_, *column))) for column in columns))
+        for round_ in rounds
+    )
+    return PerformanceTable(columns, rows)
+
+
+def _order(column: tuple[str, str]) -> tuple[int, str, str]:
+    model, metric = column
+    return (0 if model == FEDERATED else 1, model, metric)
+
+
+def _mean(items: Sequence[float] | None) -> float | None:
+    return statistics.fmean(items) if items else None

@@ -1,0 +1,176 @@
+"""The DAG factory: plan specs in the plans folder become DAGs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from airfed.sdk.orchestrator import dag_id_for, task_id_for
+from airfed.sdk.spec import PlanSpec
+from tests.support.airflow import REPO_ROOT, fedavg_spec
+
+DAGS = REPO_ROOT / "dags"
+
+
+@pytest.fixture
+def plans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "plans"
+    folder.mkdir()
+    monkeypatch.setenv("AIRFLOW__AIRFED__PLANS_FOLDER", str(folder))
+    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", raising=False)
+    return folder
+
+
+def _store(folder: Path, spec: PlanSpec) -> None:
+    (folder / f"{spec.key}.json").write_text(spec.to_json())
+
+
+def _bag() -> object:
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_every_stored_spec_becomes_a_dag(plans: Path) -> None:
+    first, second = fedavg_spec(rounds=2), fedavg_spec(("a", "b"), rounds=1)
+    _store(plans, first)
+    _store(plans, second)
+
+    bag = _bag()
+
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {dag_id_for(first.key), dag_id_for(second.key)}
+    dag = bag.dags[dag_id_for(first.key)]
+    assert len(dag.tasks) == len(first.tasks)
+    assert dag.schedule is None or str(dag.timetable.summary) == "None"
+
+
+def test_dag_doc_shows_name_strategy_rounds_and_organizations(plans: Path) -> None:
+    spec = fedavg_spec(("a", "b", "c"), rounds=3, name="breast cancer")
+    _store(plans, spec)
+
+    doc = _bag().dags[dag_id_for(spec.key)].doc_md
+
+    assert "# breast cancer" in doc
+    assert "| strategy | fedavg |" in doc
+    assert "| rounds | 3 |" in doc
+    assert "| organizations | a, b, c |" in doc
+
+
+def test_tasks_depend_on_the_parents_whose_outputs_they_take(plans: Path) -> None:
+    spec = fedavg_spec(("a", "b"), rounds=2)
+    _store(plans, spec)
+    dag = _bag().dags[dag_id_for(spec.key)]
+
+    for task in spec.tasks:
+        operator = dag.get_task(task_id_for(task))
+        expected = {task_id_for(t) for t in spec.tasks if t.key in task.parent_keys}
+        assert operator.upstream_task_ids == expected
+        assert operator.task_spec == task.model_dump(mode="json")
+        assert operator.start_from_trigger is True
+
+
+def test_unreadable_spec_is_an_import_error_naming_plan_and_field(
+    plans: Path,
+) -> None:
+    good = fedavg_spec(rounds=1)
+    _store(plans, good)
+    bad = json.loads(fedavg_spec(rounds=1).to_json())
+    bad["rounds"] = -1
+    (plans / f"{bad['key']}.json").write_text(json.dumps(bad))
+
+    bag = _bag()
+
+    assert list(bag.dag_ids) == [dag_id_for(good.key)]
+    (message,) = bag.import_errors.values()
+    assert f"plan {bad['key']}" in message
+    assert "field rounds" in message
+
+
+def test_spec_that_is_not_json_names_the_plan(plans: Path) -> None:
+    (plans / "broken.json").write_text("{not json")
+
+    bag = _bag()
+
+    assert bag.dag_ids == []
+    (message,) = bag.import_errors.values()
+    assert "plan broken" in message
+    assert "not JSON" in message
+
+
+def test_spec_whose_key_differs_from_its_file_is_refused(plans: Path) -> None:
+    spec = fedavg_spec(rounds=1)
+    (plans / "other.json").write_text(spec.to_json())
+
+    (message,) = _bag().import_errors.values()
+
+    assert "plan other" in message
+    assert "field key" in message
+
+
+def test_task_run_builds_only_its_own_dag(
+    plans: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wanted, other = fedavg_spec(rounds=1), fedavg_spec(rounds=1)
+    _store(plans, wanted)
+    _store(plans, other)
+    (plans / "broken.json").write_text("{not json")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", dag_id_for(wanted.key))
+
+    bag = _bag()
+
+    assert bag.dag_ids == [dag_id_for(wanted.key)]
+    assert bag.import_errors == {}
+
+
+def _serialized(spec_key: str) -> str:
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = _bag().dags[dag_id_for(spec_key)]
+    data = DagSerialization.to_dict(dag)
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def test_parsing_twice_gives_the_same_dag(plans: Path) -> None:
+    spec = fedavg_spec(rounds=2)
+    _store(plans, spec)
+
+    assert _serialized(spec.key) == _serialized(spec.key)
+
+
+def test_parsing_imports_neither_torch_nor_kubernetes(plans: Path) -> None:
+    _store(plans, fedavg_spec(rounds=1))
+    probe = (
+        "import sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(DAGS)!r})\n"
+        "assert len(bag.dag_ids) == 1, bag.import_errors\n"
+        "heavy = [m for m in ('torch', 'kubernetes') if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("HEAVY=")]
+    assert line == "HEAVY="
+
+
+def test_a_thousand_task_plan_becomes_one_dag(plans: Path) -> None:
+    organizations = tuple(f"org{i}" for i in range(10))
+    spec = fedavg_spec(organizations, rounds=91)
+    assert len(spec.tasks) >= 1000
+    _store(plans, spec)
+
+    dag = _bag().dags[dag_id_for(spec.key)]
+
+    assert len(dag.tasks) == len(spec.tasks)
