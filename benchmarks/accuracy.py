@@ -39,7 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_models import BreastCancerLogistic, BreastCancerMLP, DigitsCNN
 
 from airfed.sdk.algorithms import Algorithm
-from airfed.sdk.datasets import FederatedDataset, OrganizationSplit, make_federated_dataset
+from airfed.sdk.datasets import (
+    FederatedDataset,
+    OrganizationSplit,
+    make_federated_dataset,
+)
 from airfed.sdk.evaluation import Evaluation
 from airfed.sdk.simulation import SimulationResult, prepare_local_federation, simulate
 from airfed.sdk.strategies import STRATEGIES, Strategy, make_strategy
@@ -68,7 +72,8 @@ class Setting:
     @property
     def label(self) -> str:
         split = "IID" if self.scheme == "iid" else "Dirichlet 0.5"
-        return f"{self.dataset} / {self.model.__name__} / {self.organizations} orgs / {split}"
+        model = self.model.__name__
+        return f"{self.dataset} / {model} / {self.organizations} orgs / {split}"
 
 
 def settings(quick: bool) -> list[Setting]:
@@ -87,7 +92,9 @@ def settings(quick: bool) -> list[Setting]:
     ]
 
 
-def _union_accuracy(result: SimulationResult, model: str, data: FederatedDataset) -> float:
+def _union_accuracy(
+    result: SimulationResult, model: str, data: FederatedDataset
+) -> float:
     """Accuracy on the union of the test parts: test-size-weighted mean."""
     result_rounds = result.values("accuracy", model)
     if result.status != "done" or not result_rounds:
@@ -108,7 +115,9 @@ def _pooled(setting: Setting, data: FederatedDataset, root: Path) -> float:
         data.num_features,
         (OrganizationSplit("pooled", x_train, y_train, x_test, y_test),),
     )
-    federation, assets = prepare_local_federation(pooled, setting.model, root / "pooled")
+    federation, assets = prepare_local_federation(
+        pooled, setting.model, root / "pooled"
+    )
     rounds = setting.rounds * setting.organizations
     spec = make_strategy("single_organization").build_plan(
         federation, rounds=rounds, evaluation=Evaluation(every=None)
@@ -118,8 +127,12 @@ def _pooled(setting: Setting, data: FederatedDataset, root: Path) -> float:
 
 def run_setting(setting: Setting, root: Path) -> dict[str, Any]:
     names = [f"o{i}" for i in range(setting.organizations)]
-    data = make_federated_dataset(setting.dataset, names, scheme=setting.scheme, seed=SEED)  # type: ignore[arg-type]
-    federation, assets = prepare_local_federation(data, setting.model, root / "federated")
+    data = make_federated_dataset(
+        setting.dataset, names, scheme=setting.scheme, seed=SEED
+    )  # type: ignore[arg-type]
+    federation, assets = prepare_local_federation(
+        data, setting.model, root / "federated"
+    )
     evaluation = Evaluation(every=None)
     row: dict[str, Any] = {"setting": setting.label, "strategies": {}}
     started = time.monotonic()
@@ -183,7 +196,11 @@ def markdown(rows: list[dict[str, Any]], seconds: float) -> str:
         "|" + "---|" * len(header),
     ]
     for row in rows:
-        cells = [row["setting"], f"{row['pooled']:.1f}", f"{row['local_only_mean']:.1f}"]
+        cells = [
+            row["setting"],
+            f"{row['pooled']:.1f}",
+            f"{row['local_only_mean']:.1f}",
+        ]
         cells += [f"{row['strategies'][n]:.1f}" for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     missed = [
@@ -213,9 +230,10 @@ def main() -> None:
         for index, setting in enumerate(settings(args.quick)):
             row = run_setting(setting, Path(tmp) / str(index))
             rows.append(row)
+            fedavg = row["strategies"]["fedavg"]
             print(
                 f"{row['setting']}: pooled {row['pooled']:.1f}, local "
-                f"{row['local_only_mean']:.1f}, fedavg {row['strategies']['fedavg']:.1f} "
+                f"{row['local_only_mean']:.1f}, fedavg {fedavg:.1f} "
                 f"({row['seconds']:.0f} s)",
                 flush=True,
             )

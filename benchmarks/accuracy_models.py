@@ -61,4 +61,6 @@ class DigitsCNN(TorchAlgorithm):
     def to_tensors(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = data
         images = np.asarray(x, dtype=np.float32).reshape(-1, 1, 8, 8)
-        return torch.from_numpy(images), torch.as_tensor(np.asarray(y), dtype=torch.int64)
+        return torch.from_numpy(images), torch.as_tensor(
+            np.asarray(y), dtype=torch.int64
+        )

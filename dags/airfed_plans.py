@@ -3,7 +3,8 @@
 The plans folder (``[airfed] plans_folder``) holds one spec per submitted
 plan, ``<key>.json``. Each task of the spec becomes a
 :class:`~airfed.operators.NodeTaskOperator` that runs on the task's worker
-node; a task depends on the parents whose outputs it takes as inputs.
+node; a task depends on the parents whose outputs it takes as inputs, and
+tells its node which organization holds each parent's outputs.
 
 Parsing stays fast and deterministic: when Airflow parses this file to run
 one task it names the DAG (``get_parsing_context().dag_id``) and only that
@@ -61,6 +62,7 @@ def plan_doc(spec: PlanSpec) -> str:
 def build_plan_dag(spec: PlanSpec) -> DAG:
     """One DAG for the plan: a node task per task, edges from parents."""
     plan = {"key": spec.key, "name": spec.name, "creator": spec.creator}
+    workers = {task.key: task.worker for task in spec.tasks}
     with DAG(
         dag_id=dag_id_for(spec.key),
         description=f"{spec.strategy}: {spec.name}",
@@ -72,7 +74,11 @@ def build_plan_dag(spec: PlanSpec) -> DAG:
         default_args=_DEFAULT_ARGS,
     ) as dag:
         operators = {
-            task.key: NodeTaskOperator(task_spec=task, plan=plan) for task in spec.tasks
+            task.key: NodeTaskOperator(
+                task_spec=task,
+                plan={**plan, "parents": {p: workers[p] for p in task.parent_keys}},
+            )
+            for task in spec.tasks
         }
         for task in spec.tasks:
             for parent in task.parent_keys:

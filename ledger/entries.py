@@ -139,7 +139,7 @@ class Entry:
 
     @property
     def leaf_hash(self) -> bytes:
-        return leaf_hash(self.data)
+        return bytes(leaf_hash(self.data))
 
     @property
     def signed_message(self) -> bytes:
@@ -173,7 +173,7 @@ def make_entry(
 
     Raises ``EntryError`` naming the field when the entry is not well formed.
     """
-    statement = {
+    statement: dict[str, Any] = {
         "v": ENTRY_VERSION,
         "kind": str(kind),
         "author": author,
@@ -237,7 +237,7 @@ def parse_entry(data: bytes, *, canonical: bool = True) -> Entry:
     signature, statement = _split(data)
     entry = _entry(statement, signature, data)
     if canonical:
-        envelope = {
+        envelope: dict[str, Any] = {
             "signature": base64.b64encode(signature).decode(),
             "statement": statement,
         }
@@ -347,18 +347,17 @@ def _receipt_problem(entry: Entry, keys: KeyRing) -> str | None:
     if signer not in keys:
         return f"its receipt is signed by {signer!r}, not an organization"
     try:
-        message = rfc8785.dumps(
-            {
-                field: receipt[field]
-                for field in (
-                    "task_key",
-                    "function_hash",
-                    "input_hashes",
-                    "output_hashes",
-                    "status",
-                )
-            }
-        )
+        payload: dict[str, Any] = {
+            field: receipt[field]
+            for field in (
+                "task_key",
+                "function_hash",
+                "input_hashes",
+                "output_hashes",
+                "status",
+            )
+        }
+        message = rfc8785.dumps(payload)
         signature = base64.b64decode(receipt["signature"], validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         return f"its receipt is malformed ({exc})"

@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 
-class LedgerError(AirfedError):
+# mypy runs on the folders (``ledger``), so ``airfed.*`` imports are Any to it.
+class LedgerError(AirfedError):  # type: ignore[misc,unused-ignore]
     """Base of every error the ledger raises."""
 
 

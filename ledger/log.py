@@ -100,7 +100,7 @@ class LogWriter:
     @property
     def size(self) -> int:
         with self._cond:
-            return self._compact.size
+            return int(self._compact.size)
 
     def latest_checkpoint(self) -> SignedCheckpoint:
         checkpoint = self.store.checkpoint()
@@ -113,7 +113,7 @@ class LogWriter:
             self._cond.wait_for(
                 lambda: self._compact.size > size or self._stopping, timeout
             )
-            return self._compact.size
+            return int(self._compact.size)
 
     # -------------------------------------------------------------- appends
 

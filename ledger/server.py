@@ -84,7 +84,7 @@ def _abort(context: grpc.ServicerContext, exc: LedgerError) -> NoReturn:
     _fail(context, code, str(exc))
 
 
-class LedgerServicer(pb_grpc.LedgerServicer):
+class LedgerServicer(pb_grpc.LedgerServicer):  # type: ignore[misc,unused-ignore]
     """The service over a store; ``writer`` is None on a read-only replica."""
 
     def __init__(

@@ -207,7 +207,7 @@ class Witness:
                 "bad entries", f"the log served entries out of order from {start}"
             )
         try:
-            return verify_entries(
+            entries: list[Entry] = verify_entries(
                 [data for _, data in page],
                 self._keys,
                 first_index=start,
@@ -215,6 +215,7 @@ class Witness:
             )
         except EntryError as exc:
             raise self._alarm("bad entry", str(exc)) from exc
+        return entries
 
     def _extend(
         self,

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from airfed.node_api.errors import TaskFailed
+
 __all__ = ["ExecutionOutcome", "Limits", "cleanup", "execute"]
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,8 @@ def execute(
 ) -> ExecutionOutcome:
     """Run the task prepared in ``workdir`` in a sandboxed subprocess."""
     workdir = Path(workdir).resolve()
+    if not (workdir / "task.json").is_file():
+        raise TaskFailed(f"task workdir {workdir} has no task.json")
     (workdir / "result.json").unlink(missing_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
     started = time.monotonic()
@@ -135,7 +139,17 @@ def execute(
 
 def cleanup(workdir: Path) -> None:
     """Delete a task workdir: the function's code, inputs and leftovers."""
-    shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(workdir, onerror=_retry_writable)
+    if Path(workdir).exists():
+        logger.warning("task workdir left behind workdir=%s", workdir)
+
+
+def _retry_writable(function: Any, path: str, _: Any) -> None:
+    """A function may leave read-only folders; make them writable and retry."""
+    with contextlib.suppress(OSError):
+        Path(path).parent.chmod(0o700)
+        Path(path).chmod(0o700)
+        function(path)
 
 
 def _command(workdir: Path, limits: Limits) -> list[str]:

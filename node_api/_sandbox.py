@@ -16,7 +16,9 @@ In order, it:
    may read and write only inside the task workdir, may not connect or bind
    TCP sockets (Landlock ABI 4+), nor signal processes outside the sandbox
    (ABI 6+);
-5. execs the command.
+5. installs a seccomp filter under which socket(2) fails, so that no Unix
+   socket on disk (a database's, say) and no UDP port can be reached;
+6. execs the command.
 
 A step the kernel refuses is reported on stderr and skipped; the executor's
 process group kill, clean environment and limits still apply.
@@ -49,7 +51,29 @@ _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 _READ = _EXECUTE | _READ_FILE | _READ_DIR
 
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_SECCOMP_RET_ALLOW = 0x7FFF0000
+_SECCOMP_RET_ERRNO = 0x00050000
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+_X32_SYSCALL_BIT = 0x40000000
+# machine: (AUDIT_ARCH_*, number of the socket(2) system call)
+_SECCOMP_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
+
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = (
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    )
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter)))
 
 
 class _PathBeneath(ctypes.Structure):
@@ -170,6 +194,39 @@ def _confine_files(read: list[str], write: list[str]) -> str:
     return f"files confined (Landlock ABI {abi}{tcp})"
 
 
+def _forbid_sockets() -> str:
+    """A seccomp filter that makes socket(2) fail with EACCES.
+
+    Landlock does not cover connecting to Unix sockets by path (a database's
+    socket, say), nor UDP; a function needs no socket at all (socketpair(2),
+    which multiprocessing uses, stays allowed). Other architectures' system
+    calls (32-bit and x32 on x86_64) are refused outright.
+    """
+    arch = _SECCOMP_ARCH.get(os.uname().machine)
+    if arch is None:
+        return "sockets allowed (no seccomp filter for this machine)"
+    audit_arch, socket_nr = arch
+    refuse = _SECCOMP_RET_ERRNO | 1  # EPERM
+    program = [
+        (_BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
+        (_BPF_JEQ_K, 1, 0, audit_arch),
+        (_BPF_RET_K, 0, 0, refuse),
+        (_BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
+        (_BPF_JGE_K, 0, 1, _X32_SYSCALL_BIT),
+        (_BPF_RET_K, 0, 0, refuse),
+        (_BPF_JEQ_K, 0, 1, socket_nr),
+        (_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | 13),  # EACCES
+        (_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
+    ]
+    filters = (_SockFilter * len(program))(*(_SockFilter(*op) for op in program))
+    fprog = _SockFprog(len(program), filters)
+    if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return f"sockets allowed (no_new_privs: {_errno_text()})"
+    if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0):
+        return f"sockets allowed ({_errno_text()})"
+    return "no sockets"
+
+
 def main(argv: list[str]) -> None:
     separator = argv.index("--")
     config: dict[str, Any] = json.loads(argv[separator - 1])
@@ -180,6 +237,7 @@ def main(argv: list[str]) -> None:
     steps.append(_drop_capabilities())
     own_proc = f"/proc/{os.getpid()}"
     steps.append(_confine_files([*config["read"], own_proc], config["write"]))
+    steps.append(_forbid_sockets())
     _say(", ".join(steps))
     sys.stderr.flush()
     os.execv(command[0], command)  # noqa: S606 - argv from the executor, no shell

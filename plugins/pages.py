@@ -45,10 +45,10 @@ from airfed.plugins._pages_render import (
 )
 from airfed.sdk.catalog import Performance
 from airfed.sdk.errors import AirfedError
+from airfed.sdk.orchestrator import DAG_ID_PREFIX
 from airfed.sdk.spec import PlanSpec, parse_plan_spec
 
 __all__ = [
-    "DAG_PREFIX",
     "NodeReader",
     "PlanSource",
     "RunReader",
@@ -60,7 +60,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DAG_PREFIX = "airfed_plan_"
 _NODE_TIMEOUT_SECONDS = 5.0
 
 RunReader = Callable[[Sequence[PlanSpec]], Mapping[str, PlanRun]]
@@ -148,16 +147,6 @@ class PlanSource:
 # Airflow
 
 
-def _task_key(task_id: str, keys: Mapping[str, str]) -> str | None:
-    """The plan's task key that an Airflow task id stands for."""
-    if task_id in keys:
-        return task_id
-    for key in keys:
-        if task_id.endswith(key) or key in task_id:
-            return key
-    return None
-
-
 def airflow_runs(specs: Sequence[PlanSpec]) -> dict[str, PlanRun]:
     """Read each plan's latest DAG run and its task states from Airflow's DB."""
     from airflow.models.dagrun import DagRun
@@ -165,7 +154,9 @@ def airflow_runs(specs: Sequence[PlanSpec]) -> dict[str, PlanRun]:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    by_dag = {f"{DAG_PREFIX}{spec.key}": spec for spec in specs}
+    from airfed.sdk.orchestrator import dag_id_for, task_id_for
+
+    by_dag = {dag_id_for(spec.key): spec for spec in specs}
     runs: dict[str, PlanRun] = {}
     with create_session() as session:
         for dag_id, spec in by_dag.items():
@@ -182,12 +173,12 @@ def airflow_runs(specs: Sequence[PlanSpec]) -> dict[str, PlanRun]:
                     TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id
                 )
             )
-            keys = {task.key: task.key for task in spec.tasks}
-            states: dict[str, str] = {}
-            for task_id, state in rows:
-                key = _task_key(task_id, keys)
-                if key is not None:
-                    states[key] = str(state) if state is not None else ""
+            keys = {task_id_for(task): task.key for task in spec.tasks}
+            states = {
+                keys[task_id]: str(state) if state is not None else ""
+                for task_id, state in rows
+                if task_id in keys
+            }
             runs[spec.key] = PlanRun(str(run.run_id), str(run.state), states)
     return runs
 
@@ -263,7 +254,8 @@ class MutualTlsNodes:
         detail = ", ".join(
             f"{name}: {value}"
             for name, value in status.items()
-            if name not in {"status", "organization"} and isinstance(value, str | int)
+            if name not in {"status", "organization", "caller"}
+            and isinstance(value, str | int)
         )
         return (
             [t for t in map(_node_task, tasks) if t is not None],
@@ -358,15 +350,15 @@ def create_pages_app(
 
     @app.get("/dags/{dag_id}", response_class=HTMLResponse)
     async def dag_page(dag_id: str) -> HTMLResponse:
-        if not dag_id.startswith(DAG_PREFIX):
+        if not dag_id.startswith(DAG_ID_PREFIX):
             return _html(
                 render_message(
                     "Not a compute plan",
                     f"DAG {dag_id} was not compiled from an airfed compute plan; "
-                    f"compute plans are the DAGs named {DAG_PREFIX}<plan key>.",
+                    f"compute plans are the DAGs named {DAG_ID_PREFIX}<plan key>.",
                 )
             )
-        return await plan_page(dag_id.removeprefix(DAG_PREFIX))
+        return await plan_page(dag_id.removeprefix(DAG_ID_PREFIX))
 
     return app
 

@@ -78,6 +78,7 @@ def weighted_mean(
     updates: Sequence[ArraysIn], weights: Sequence[float] | None = None
 ) -> Arrays:
     """The mean of the updates weighted by ``weights`` (default: equal)."""
+    _check(updates)
     if weights is None:
         weights = [1.0] * len(updates)
     if len(weights) != len(updates):

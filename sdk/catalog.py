@@ -15,6 +15,7 @@ entries without changing its readers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,8 +65,10 @@ class FunctionOutput:
 class Asset:
     """Metadata of one asset, as the node that holds it lists it.
 
-    ``owner`` is the organization whose node holds the asset; ``data`` is the
-    node's metadata as listed, for fields this class does not name.
+    ``owner`` is the organization that registered the asset; ``nodes`` are
+    the organizations whose nodes hold it (a function is registered on every
+    node that runs it; data and models stay on their owner's node). ``data``
+    is the node's metadata as listed, for fields this class does not name.
     """
 
     kind: AssetKind
@@ -74,6 +77,11 @@ class Asset:
     name: str = ""
     permissions: Permissions = field(default_factory=Permissions)
     data: Mapping[str, Any] = field(default_factory=dict)
+    nodes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            object.__setattr__(self, "nodes", (self.owner,))
 
     def may_process(self, organization: str, user: str | None = None) -> bool:
         """Whether ``organization`` (or its ``user``) may process the asset."""
@@ -139,7 +147,11 @@ class Catalog:
     ) -> None:
         self._assets: dict[str, Asset] = {}
         for asset in assets:
-            self._assets.setdefault(asset.key, asset)
+            known = self._assets.get(asset.key)
+            if known is not None:
+                nodes = tuple(sorted({*known.nodes, *asset.nodes}))
+                asset = dataclasses.replace(known, nodes=nodes)
+            self._assets[asset.key] = asset
         self._performances = tuple(performances)
         owners = {asset.owner for asset in self._assets.values()}
         self._organizations = tuple(sorted(owners | set(organizations)))
@@ -246,6 +258,7 @@ def _asset(kind: AssetKind, organization: str, item: Mapping[str, Any]) -> Asset
         name=str(item.get("name") or ""),
         permissions=permissions,
         data=item,
+        nodes=(organization,),
     )
 
 

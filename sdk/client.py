@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from airfed.node_api._archive import pack_folder
 from airfed.sdk.catalog import Catalog, NodeListing, Performance
 from airfed.sdk.errors import (
     AirfedError,
@@ -150,13 +153,16 @@ class Client:
         self.close()
 
     def node(self, organization: str | None = None) -> NodeClient:
-        """Client of ``organization``'s node (the profile's own by default)."""
+        """Client of ``organization``'s node (the profile's own by default).
+
+        The user token goes to the organization's own node only: a node
+        knows the tokens it issued, and other nodes see the organization.
+        """
         organization = organization or self.organization
         if organization not in self._nodes:
+            token = self.token if organization == self.organization else None
             self._nodes[organization] = NodeClient(
-                self.profile.node_url(organization),
-                self.profile.ssl_context(),
-                self.token,
+                self.profile.node_url(organization), self.profile.ssl_context(), token
             )
         return self._nodes[organization]
 
@@ -221,8 +227,16 @@ class Client:
         outputs: Sequence[Mapping[str, Any]],
         description: str = "",
         permissions: Permissions | None = None,
+        nodes: Sequence[str] | None = None,
+        key: str | None = None,
     ) -> dict[str, Any]:
-        """Register a function: the code in ``folder`` and its metadata."""
+        """Register a function: the code in ``folder`` and its metadata.
+
+        A node runs only functions registered on it, so the function goes to
+        every node of the network (or to ``nodes``) under one key. Every node
+        is asked for its health first; should one refuse the function after
+        others took it, the error names the key and the nodes that lack it.
+        """
         metadata = function_metadata(
             folder,
             name=name,
@@ -232,9 +246,38 @@ class Client:
             description=description,
             permissions=permissions,
         )
-        function = self.node().create_function_from_folder(metadata, Path(folder))
-        logger.info("function registered key=%s", function.get("key"))
-        return dict(function)
+        metadata["key"] = key or str(uuid.uuid4())
+        targets = list(nodes) if nodes else list(self.partners)
+        for org in targets:
+            self.node(org).health()
+        with tempfile.TemporaryDirectory(prefix="airfed-function-") as tmp:
+            archive = pack_folder(Path(folder), Path(tmp) / "function.tar.gz")
+            function = self._register_everywhere(metadata, archive, targets)
+        logger.info(
+            "function registered key=%s nodes=%d", metadata["key"], len(targets)
+        )
+        return function
+
+    def _register_everywhere(
+        self, metadata: Mapping[str, Any], archive: Path, targets: Sequence[str]
+    ) -> dict[str, Any]:
+        answers: dict[str, dict[str, Any]] = {}
+        for org in targets:
+            try:
+                answers[org] = dict(self.node(org).create_function(metadata, archive))
+            except NodeRequestError as exc:
+                if not answers:
+                    raise
+                missing = ",".join(o for o in targets if o not in answers)
+                raise NodeRequestError(
+                    exc.status,
+                    f"function {metadata['key']} is registered on "
+                    f"{', '.join(answers)} but node {org} refused it: {exc.detail}; "
+                    f"add it there with 'airfed function add FOLDER --key "
+                    f"{metadata['key']} --nodes {missing}'",
+                ) from exc
+        first = answers[targets[0]]
+        return {**first, "nodes": list(answers)}
 
     # -- reading the network -----------------------------------------------------
 
@@ -276,30 +319,30 @@ class Client:
                 return list(node.list_functions(q=query))
             return list(node.list_models(plan_key=plan_key))
 
-        found: list[dict[str, Any]] = []
-        for org, items in self._each_node(listing).items():
-            found.extend({**item, "owner": item.get("owner") or org} for item in items)
-        return found
+        return _merge_copies(self._each_node(listing))
 
     def show_asset(self, kind: ListableKind, key: str) -> dict[str, Any]:
-        """Metadata of one asset, from whichever node holds it."""
-        for org in self.partners:
+        """Metadata of one asset, from the nodes that hold it."""
+
+        def lookup(org: str) -> list[dict[str, Any]]:
             node = self.node(org)
             try:
                 if kind == "dataset":
-                    item = node.get_dataset(key)
-                elif kind == "function":
-                    item = node.get_function(key)
-                elif kind == "model":
-                    item = node.get_model_metadata(key)
-                else:
-                    item = _find_sample(node, key)
+                    return [dict(node.get_dataset(key))]
+                if kind == "function":
+                    return [dict(node.get_function(key))]
+                if kind == "model":
+                    return [dict(node.get_model_metadata(key))]
+                return [s for s in node.list_samples() if s.get("key") == key]
             except NodeRequestError as exc:
-                if exc.status in (404, 422):
-                    continue
+                if exc.status in (400, 404, 422):
+                    return []
                 raise
-            return {**item, "owner": item.get("owner") or org}
-        raise NodeRequestError(404, f"no node holds a {kind} with key {key}")
+
+        found = _merge_copies(self._each_node(lookup))
+        if not found:
+            raise NodeRequestError(404, f"no node holds a {kind} with key {key}")
+        return found[0]
 
     def download_model(self, key: str, dest: Path) -> Path:
         """Download a model its permissions let the caller download."""
@@ -555,11 +598,21 @@ def _function_io(
     }
 
 
-def _find_sample(node: NodeClient, key: str) -> dict[str, Any]:
-    for sample in node.list_samples():
-        if sample.get("key") == key:
-            return dict(sample)
-    raise NodeRequestError(404, f"no data sample {key}")
+def _merge_copies(listings: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One item per key; ``nodes`` lists the organizations whose node holds it."""
+    merged: dict[str, dict[str, Any]] = {}
+    for org, items in listings.items():
+        for item in items:
+            key = str(item.get("key"))
+            if key in merged:
+                merged[key]["nodes"].append(org)
+            else:
+                merged[key] = {
+                    **item,
+                    "owner": item.get("owner") or org,
+                    "nodes": [org],
+                }
+    return list(merged.values())
 
 
 def _dump(permissions: Permissions) -> dict[str, Any]:

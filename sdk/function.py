@@ -27,10 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pydantic
-
 from .errors import AirfedError
-from .spec import TaskSpec
 
 __all__ = [
     "RESULT_FILE",
@@ -40,6 +37,7 @@ __all__ = [
     "FunctionOutput",
     "TaskContext",
     "TaskFile",
+    "TaskInfo",
     "read_task_file",
 ]
 
@@ -74,10 +72,23 @@ class FunctionOutput:
 
 
 @dataclass(frozen=True)
+class TaskInfo:
+    """The task's identity, from the task spec in ``task.json``."""
+
+    key: str
+    plan_key: str
+    worker: str
+    category: str
+    rank: int
+    round: int
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
 class TaskFile:
     """The content of ``W/task.json``."""
 
-    task: TaskSpec
+    task: TaskInfo
     entrypoint: str
     inputs: tuple[FunctionInput, ...]
     outputs: tuple[FunctionOutput, ...]
@@ -113,10 +124,6 @@ def read_task_file(workdir: Path) -> TaskFile:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, pydantic.ValidationError):
-        first = exc.errors()[0]
-        location = ".".join(str(part) for part in ("task", *first["loc"]))
-        return f"field {location}: {first['msg']}"
     if isinstance(exc, KeyError):
         return f"field {exc.args[0]} is missing"
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -146,13 +153,46 @@ def _parse_task_file(data: dict[str, Any]) -> TaskFile:
     }
     opener = data.get("opener")
     return TaskFile(
-        task=TaskSpec.model_validate(data["task"]),
+        task=_task_info(data["task"]),
         entrypoint=entrypoint,
         inputs=inputs,
         outputs=outputs,
         staged=staged,
         opener=None if opener is None else _relative(opener),
     )
+
+
+def _task_info(task: dict[str, Any]) -> TaskInfo:
+    """Read the task spec's fields a function sees (the node validated the rest).
+
+    Kept free of the plan spec models so that starting a task stays fast.
+    """
+    metadata = task.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("field task.metadata must be an object")
+    return TaskInfo(
+        key=_text(task, "key"),
+        plan_key=_text(task, "plan_key"),
+        worker=_text(task, "worker"),
+        category=str(task.get("category", "other")),
+        rank=_count(task, "rank"),
+        round=_count(task, "round"),
+        metadata={str(k): str(v) for k, v in metadata.items()},
+    )
+
+
+def _text(task: dict[str, Any], field: str) -> str:
+    value = task.get(field)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"field task.{field} must be a non-empty string")
+    return value
+
+
+def _count(task: dict[str, Any], field: str) -> int:
+    value = task.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"field task.{field} must be an integer >= 0")
+    return value
 
 
 def _kind(value: Any, allowed: tuple[str, ...], what: str) -> str:

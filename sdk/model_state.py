@@ -67,7 +67,7 @@ class ModelState:
         entries, chunks, offset = [], [], 0
         for group, arrays in [("params", self.params), *sorted(self.groups.items())]:
             for name, array in arrays.items():
-                data = np.ascontiguousarray(array)
+                data = np.asarray(array).copy(order="C")
                 if data.dtype.kind not in _ALLOWED_KINDS:
                     raise ModelStateError(
                         f"array {group}/{name} has dtype {data.dtype}; only "

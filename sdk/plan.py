@@ -422,6 +422,11 @@ def _check_against_catalog(
             f"{task.label()}: function {task.function_key} is not registered on "
             "any node"
         )
+    if task.worker not in function.nodes:
+        raise PlanError(
+            f"{task.label()}: function {task.function_key} ({function.name}) is "
+            f"not registered on the node of {task.worker}; register it there too"
+        )
     if not function.may_process(task.worker):
         raise PlanError(
             f"{task.label()}: function {task.function_key} ({function.name}) is "

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+TaskRunner = Callable[[Path], Mapping[str, Any]]
 
 
 class SimulationError(AirfedError):  # type: ignore[misc,unused-ignore]
@@ -137,10 +139,20 @@ class SimulationResult:
 
 
 def simulate(
-    spec: PlanSpec, assets: SimulationAssets, *, workdir: Path | None = None
+    spec: PlanSpec,
+    assets: SimulationAssets,
+    *,
+    workdir: Path | None = None,
+    runner: TaskRunner | None = None,
 ) -> SimulationResult:
-    """Run every task of ``spec`` in rank order in this process."""
+    """Run every task of ``spec`` in rank order in this process.
+
+    ``runner`` runs one prepared task workdir and returns its result; the
+    default is the node's runtime in this process.
+    """
     from airfed.node_api.runtime import run_task_workdir
+
+    run = runner or run_task_workdir
 
     root = Path(workdir) if workdir is not None else _scratch_root()
     owned = workdir is None
@@ -151,7 +163,7 @@ def simulate(
         for task in sorted(spec.tasks, key=lambda t: t.rank):
             task_dir = root / "tasks" / task.key
             _prepare(task, tasks, assets, outputs, task_dir)
-            outcome = run_task_workdir(task_dir)
+            outcome = run(task_dir)
             if outcome.get("status") != "done":
                 result.status, result.failed_task = "failed", task.key
                 result.error = f"{_label(task)} failed: {outcome.get('error')}"
@@ -169,7 +181,7 @@ def simulate(
 def _scratch_root() -> Path:
     """A fresh folder, in memory where the system has one (the runtime fsyncs
     every result, which costs a disk write per task on a real disk)."""
-    shared_memory = Path("/dev/shm")
+    shared_memory = Path("/dev/shm")  # noqa: S108 (mkdtemp makes a private folder)
     where = shared_memory if shared_memory.is_dir() else None
     return Path(tempfile.mkdtemp(prefix="airfed-sim-", dir=where))
 

@@ -173,11 +173,18 @@ def function_add(
     description: Annotated[str | None, typer.Option(help="What it does.")] = None,
     process: ProcessOption = None,
     download: DownloadOption = None,
+    nodes: Annotated[
+        str | None,
+        typer.Option(help="Register on these nodes only (a,b); default: all."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Key (UUID) to register it under.")
+    ] = None,
     profile: ProfileOption = None,
     token: TokenOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Register a function: its code folder and what it takes and gives.
+    """Register a function on the nodes: its code and what it takes and gives.
 
     Settings missing on the command line come from FOLDER/function.yaml
     (keys name, description, entrypoint, inputs, outputs), when it exists.
@@ -203,6 +210,8 @@ def function_add(
             outputs=declared_outputs,
             description=description or str(defaults.get("description", "")),
             permissions=permissions,
+            nodes=[n.strip() for n in nodes.split(",") if n.strip()] if nodes else None,
+            key=key,
         )
     _print_created("function", function, json_out)
 
@@ -293,7 +302,7 @@ def org_list(
 
 _LIST_COLUMNS: Mapping[str, Sequence[str]] = {
     "dataset": ("key", "name", "owner", "description"),
-    "function": ("key", "name", "owner", "entrypoint"),
+    "function": ("key", "name", "owner", "entrypoint", "nodes"),
 }
 
 
@@ -310,7 +319,7 @@ def _list(
         print_json(items)
         return
     columns = _LIST_COLUMNS[kind]
-    rows = [tuple(item.get(column) for column in columns) for item in items]
+    rows = [tuple(_cell(item.get(column)) for column in columns) for item in items]
     print_table(f"{kind.capitalize()}s", columns, rows)
 
 
@@ -331,6 +340,10 @@ def _show(
         for field, value in item.items()
     ]
     print_table(f"{kind.capitalize()} {key}", ("field", "value"), rows)
+
+
+def _cell(value: Any) -> Any:
+    return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
 def _print_created(kind: str, asset: Mapping[str, Any], json_out: bool) -> None:

@@ -153,7 +153,11 @@ def sum_task(
     ]
     if parent is not None:
         inputs.append(
-            {"identifier": "model", "parent_task_key": parent[0], "parent_output": parent[1]}
+            {
+                "identifier": "model",
+                "parent_task_key": parent[0],
+                "parent_output": parent[1],
+            }
         )
     return {
         "key": key or str(uuid.uuid4()),

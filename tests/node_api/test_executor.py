@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from airfed.node_api._executor import ExecutionOutcome, Limits, cleanup, execute
+from airfed.node_api.errors import TaskFailed
 from tests.node_api.workdirs import make_workdir
 
 LIMITS = Limits(
@@ -107,24 +108,50 @@ def test_default_memory_limit_lets_torch_import(tmp_path: Path) -> None:
     assert outcome.status == "done", outcome.log
 
 
-def test_wall_time_kills_the_whole_process_group(tmp_path: Path) -> None:
+def test_wall_time_limit_kills_a_sleeping_function(tmp_path: Path) -> None:
+    code = "import time\ndef train(ctx):\n    time.sleep(600)\n"
+    limits = Limits(cpu_seconds=60, memory_bytes=2 * 1024**3, wall_seconds=1,
+                    max_output_bytes=10**8)  # fmt: skip
+
+    outcome = _run(tmp_path, code, limits)
+
+    assert outcome.status == "failed"
+    assert outcome.result is None
+    assert outcome.error == "the task exceeded its wall time limit of 1 s"
+    assert outcome.error in outcome.log
+
+
+def test_cancel_kills_the_whole_process_group(tmp_path: Path) -> None:
     code = """
         import subprocess, sys, time
         def train(ctx):
             sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
             child = subprocess.Popen(sleeper)
             (ctx.scratch_dir / "child.pid").write_text(str(child.pid))
+            (ctx.scratch_dir / "started").write_text("yes")
             time.sleep(600)
     """
-    limits = Limits(cpu_seconds=60, memory_bytes=2 * 1024**3, wall_seconds=2,
-                    max_output_bytes=10**8)  # fmt: skip
+    workdir = make_workdir(tmp_path, code)
+    cancel = threading.Event()
+    started = workdir / "scratch" / "started"
 
-    outcome = _run(tmp_path, code, limits)
+    finished = threading.Event()
 
-    assert outcome.status == "failed"
-    assert outcome.error == "the task exceeded its wall time limit of 2 s"
-    child = int((tmp_path / "task" / "scratch" / "child.pid").read_text())
-    assert not _alive(child)
+    def cancel_once_started() -> None:
+        while not started.exists() and not finished.wait(0.05):
+            pass
+        cancel.set()
+
+    canceller = threading.Thread(target=cancel_once_started, daemon=True)
+    canceller.start()
+    outcome = execute(workdir, LIMITS, cancel)
+    finished.set()
+    canceller.join()
+
+    assert outcome.status == "canceled"
+    assert outcome.result is None
+    assert outcome.error == "the task was canceled"
+    assert not _alive(int((workdir / "scratch" / "child.pid").read_text()))
 
 
 def _alive(pid: int) -> bool:
@@ -133,32 +160,6 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state not in ("Z", "X")
-
-
-def test_cancel_kills_the_task(tmp_path: Path) -> None:
-    code = """
-        import time
-        def train(ctx):
-            (ctx.scratch_dir / "started").write_text("yes")
-            time.sleep(600)
-    """
-    workdir = make_workdir(tmp_path, code)
-    cancel = threading.Event()
-    started = workdir / "scratch" / "started"
-
-    def cancel_once_started() -> None:
-        while not started.exists():
-            threading.Event().wait(0.05)
-        cancel.set()
-
-    canceller = threading.Thread(target=cancel_once_started, daemon=True)
-    canceller.start()
-    outcome = execute(workdir, LIMITS, cancel)
-    canceller.join()
-
-    assert outcome.status == "canceled"
-    assert outcome.result is None
-    assert outcome.error == "the task was canceled"
 
 
 def test_function_cannot_see_the_nodes_secrets(
@@ -232,25 +233,45 @@ def test_function_cannot_write_outside_its_workdir(tmp_path: Path) -> None:
     assert outcome.result["outputs"] == {"report": "outputs/report"}
 
 
-def test_function_cannot_reach_the_network(tmp_path: Path) -> None:
-    with socket.socket() as server:
+def test_function_cannot_reach_the_network_nor_unix_sockets(tmp_path: Path) -> None:
+    unix_path = tmp_path / "node.sock"
+    with socket.socket() as server, socket.socket(socket.AF_UNIX) as unix_server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        port = server.getsockname()[1]
+        unix_server.bind(str(unix_path))
+        unix_server.listen()
         code = f"""
-            import socket
-            def train(ctx):
+            import json, socket
+            def attempt(connect):
                 try:
-                    socket.create_connection(("127.0.0.1", {port}), timeout=5)
-                    reached = "connected"
+                    connect()
+                    return "connected"
                 except OSError as exc:
-                    reached = type(exc).__name__
-                ctx.output_path("report").write_text('"' + reached + '"')
+                    return type(exc).__name__
+            def unix():
+                socket.socket(socket.AF_UNIX).connect({str(unix_path)!r})
+            def udp():
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
+                    b"x", ("127.0.0.1", {server.getsockname()[1]}))
+            def train(ctx):
+                report = {{
+                    "tcp": attempt(lambda: socket.create_connection(
+                        ("127.0.0.1", {server.getsockname()[1]}), timeout=5)),
+                    "unix": attempt(unix),
+                    "udp": attempt(udp),
+                    "pair": attempt(socket.socketpair),
+                }}
+                ctx.output_path("report").write_text(json.dumps(report))
         """
         outcome = _run(tmp_path, code, **REPORT)
 
     assert outcome.status == "done", outcome.log
-    assert _report(tmp_path) in ("OSError", "PermissionError")  # type: ignore[comparison-overlap]
+    assert _report(tmp_path) == {
+        "tcp": "PermissionError",
+        "unix": "PermissionError",
+        "udp": "PermissionError",
+        "pair": "connected",
+    }
 
 
 def test_output_file_size_is_limited(tmp_path: Path) -> None:
@@ -297,9 +318,24 @@ def test_stale_result_is_not_trusted(tmp_path: Path) -> None:
     assert outcome.error == "the task's process exited with status 3 without a result"
 
 
+def test_workdir_without_task_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TaskFailed, match=r"has no task\.json"):
+        execute(tmp_path, LIMITS)
+
+
 def test_cleanup_deletes_the_workdir(tmp_path: Path) -> None:
-    outcome = _run(tmp_path, GOOD)
-    assert outcome.status == "done"
+    code = (
+        GOOD
+        + """
+        import os
+        (ctx.scratch_dir / "locked" / "deep").mkdir(parents=True)
+        (ctx.scratch_dir / "locked" / "deep" / "file").write_text("x")
+        os.chmod(ctx.scratch_dir / "locked" / "deep", 0o500)
+        os.chmod(ctx.scratch_dir / "locked", 0o500)
+    """
+    )
+    outcome = _run(tmp_path, code)
+    assert outcome.status == "done", outcome.log
     cleanup(tmp_path / "task")
     assert not (tmp_path / "task").exists()
 

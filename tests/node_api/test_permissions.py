@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from airfed.sdk.errors import NodeRequestError
-from airfed.sdk.network import Network, client_ssl_context, init_network
+from airfed.sdk.network import Network, init_network
 from airfed.sdk.node_client import NodeClient
 from tests.node_api.conftest import (
     permissions,
@@ -77,15 +77,23 @@ def test_client_without_certificate_cannot_complete_the_handshake(
 def test_certificate_from_another_ca_is_refused(setup: Setup, tmp_path: Path) -> None:
     other = init_network(tmp_path / "other", ["a"], base_port=free_port_block(3))
     context = ssl.create_default_context(cafile=str(setup.node.config.ca_file))
-    context.load_cert_chain(str(other.root / "a/tls/tls.crt"), str(other.root / "a/tls/tls.key"))
+    context.load_cert_chain(
+        str(other.root / "a/tls/tls.crt"), str(other.root / "a/tls/tls.key")
+    )
 
-    with NodeClient(setup.node.url, context) as client, pytest.raises(NodeRequestError) as err:
+    with (
+        NodeClient(setup.node.url, context) as client,
+        pytest.raises(NodeRequestError) as err,
+    ):
         client.health()
     assert err.value.status == 0
 
 
 def test_organization_without_permission_gets_403_problem(setup: Setup) -> None:
-    with _as(setup, "c") as client, client._http.stream("GET", f"/models/{setup.model_key}") as response:
+    with (
+        _as(setup, "c") as client,
+        client._http.stream("GET", f"/models/{setup.model_key}") as response,
+    ):
         body = response.read()
     assert response.status_code == 403
     assert response.headers["content-type"] == "application/problem+json"
@@ -104,7 +112,10 @@ def test_user_without_permission_gets_403(setup: Setup, tmp_path: Path) -> None:
 
 
 def test_unknown_token_or_token_from_another_organization_is_401(setup: Setup) -> None:
-    with _as(setup, "a", "afn_not-a-token") as client, pytest.raises(NodeRequestError) as err:
+    with (
+        _as(setup, "a", "afn_not-a-token") as client,
+        pytest.raises(NodeRequestError) as err,
+    ):
         client.health()
     assert err.value.status == 401
     with _as(setup, "b", setup.alice) as client, pytest.raises(NodeRequestError) as err:
@@ -118,7 +129,9 @@ def test_permitted_callers_get_the_content_and_accesses_are_recorded(
     with _as(setup, "b") as client:
         assert client.download_model(setup.model_key, tmp_path / "b") == setup.checksum
     with _as(setup, "a", setup.alice) as client:
-        assert client.download_model(setup.model_key, tmp_path / "alice") == setup.checksum
+        assert (
+            client.download_model(setup.model_key, tmp_path / "alice") == setup.checksum
+        )
         assert client.health()["caller"] == "a/alice"
     assert (tmp_path / "b").read_bytes() == (tmp_path / "alice").read_bytes()
 
@@ -151,7 +164,7 @@ def test_token_create_prints_the_token_once_and_stores_its_hash(
 
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT user, token_hash FROM api_tokens")).all()
+        rows = conn.execute(text("SELECT user_name, token_hash FROM api_tokens")).all()
     engine.dispose()
     assert token.startswith("afn_") and len(token) > 40
     assert [r[0] for r in rows] == ["carol"]

@@ -202,7 +202,7 @@ def test_function_module_cannot_shadow_an_installed_module(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("mutate", "error"),
     [
-        (lambda d: d["task"].pop("round"), "field task.round: Field required"),
+        (lambda d: d["task"].pop("round"), "field task.round must be an integer >= 0"),
         (lambda d: d.pop("function"), "field function is missing"),
         (
             lambda d: d["function"].update(entrypoint="algo.train"),

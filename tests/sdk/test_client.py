@@ -7,6 +7,7 @@ client's reads (tasks, logs, performances, models) see real task runs.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,20 +124,23 @@ def _register_functions(client: Client, root: Path) -> dict[str, str]:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("client")
     network = init_network(root / "net", ["a", "b"], base_port=free_port_block(5))
-    with start_nodes(network, ["a", "b"]) as nodes:
-        with Client(network.root / "a") as a, Client(network.root / "b") as b:
-            dataset_a, samples_a = _register_data(a, root / "data-a", [1.0, 3.0])
-            dataset_b, samples_b = _register_data(b, root / "data-b", [10.0])
-            functions = _register_functions(a, root)
-            yield World(
-                network,
-                nodes,
-                a,
-                b,
-                {"a": dataset_a, "b": dataset_b},
-                {"a": samples_a, "b": samples_b},
-                functions,
-            )
+    with (
+        start_nodes(network, ["a", "b"]) as nodes,
+        Client(network.root / "a") as a,
+        Client(network.root / "b") as b,
+    ):
+        dataset_a, samples_a = _register_data(a, root / "data-a", [1.0, 3.0])
+        dataset_b, samples_b = _register_data(b, root / "data-b", [10.0])
+        functions = _register_functions(a, root)
+        yield World(
+            network,
+            nodes,
+            a,
+            b,
+            {"a": dataset_a, "b": dataset_b},
+            {"a": samples_a, "b": samples_b},
+            functions,
+        )
 
 
 def _data(world: World, org: str) -> list[Any]:
@@ -280,14 +284,21 @@ def test_creator_downloads_a_model(
 def test_model_download_needs_permission(
     world: World, finished_plan: PlanSpec, tmp_path: Path
 ) -> None:
+    """Bob of b may not download b's model: only organization a may."""
     models = world.b.list_assets("model", plan_key=finished_plan.key)
-    model_a = next(m for m in models if m["owner"] == "a")
-    token = create_token(world.network.root / "b" / "node.yaml", "bob")
-    with Client(world.network.root / "b", token=token) as bob:
-        with pytest.raises(NodeRequestError) as caught:
-            bob.download_model(model_a["key"], tmp_path / "model")
+    model_b = next(m for m in models if m["owner"] == "b")
+    try:
+        token = create_token(world.network.root / "b" / "node.yaml", "bob")
+    except subprocess.CalledProcessError as exc:
+        raise AssertionError(exc.stderr) from exc
+    with (
+        Client(world.network.root / "b", token=token) as bob,
+        pytest.raises(NodeRequestError) as caught,
+    ):
+        bob.download_model(model_b["key"], tmp_path / "model")
     assert caught.value.status == 403
     assert not (tmp_path / "model").exists()
+    assert len(bob.list_assets("dataset")) >= 2  # other nodes see organization b
 
 
 def test_failed_task_shows_its_log(world: World) -> None:

@@ -37,14 +37,15 @@ TEST_IO = {
     "outputs": [{"identifier": "accuracy", "kind": "performance"}],
 }
 PUBLIC = Permissions(process=Permission(public=True), download=Permission(public=True))
+EVERY_NODE = ("a", "b", "c")
 
 
 def _catalog(**overrides: Any) -> Catalog:
     """Functions on a; datasets and samples on b and c; a model on c."""
     assets = [
-        Asset("function", "f-train", "a", "train", PUBLIC, TRAIN_IO),
-        Asset("function", "f-agg", "a", "aggregate", PUBLIC, AGGREGATE_IO),
-        Asset("function", "f-test", "a", "test", PUBLIC, TEST_IO),
+        Asset("function", "f-train", "a", "train", PUBLIC, TRAIN_IO, EVERY_NODE),
+        Asset("function", "f-agg", "a", "aggregate", PUBLIC, AGGREGATE_IO, EVERY_NODE),
+        Asset("function", "f-test", "a", "test", PUBLIC, TEST_IO, EVERY_NODE),
         Asset("dataset", "d-b", "b", "b data", PUBLIC),
         Asset("dataset", "d-c", "c", "c data", PUBLIC),
         Asset("datasample", "s-b", "b", data={"dataset_key": "d-b"}),
@@ -286,8 +287,29 @@ def test_model_of_the_worker_is_accepted() -> None:
     assert task.inputs[-1].asset_key == "m-c"
 
 
+def test_function_missing_on_the_worker_node_is_refused() -> None:
+    only_a = Asset("function", "f-train", "a", "train", PUBLIC, TRAIN_IO, ("a",))
+    builder = ComputePlanBuilder("p", "custom", "a")
+    _train(builder, "b", 0, key="t")
+    with pytest.raises(PlanError, match=r"task t .*not registered on the node of b"):
+        builder.compile(_catalog(**{"f-train": only_a}))
+
+
+def test_copies_of_a_function_on_several_nodes_are_one_asset() -> None:
+    catalog = Catalog(
+        [
+            Asset("function", "f", "a", "f", nodes=("a",)),
+            Asset("function", "f", "a", "f", nodes=("c",)),
+        ]
+    )
+    assert len(catalog) == 1
+    assert catalog.get("f").nodes == ("a", "c")  # type: ignore[union-attr]
+
+
 def test_function_not_permitted_to_worker_is_refused() -> None:
-    private = Asset("function", "f-train", "a", "train", Permissions(), TRAIN_IO)
+    private = Asset(
+        "function", "f-train", "a", "train", Permissions(), TRAIN_IO, EVERY_NODE
+    )
     builder = ComputePlanBuilder("p", "custom", "a")
     _train(builder, "b", 0, key="t")
     with pytest.raises(PlanError, match=r"task t .*not permitted to b"):
@@ -307,7 +329,7 @@ def test_dataset_of_a_sample_must_permit_the_function_owner() -> None:
         "inputs": [{"identifier": "datasamples", "kind": "datasamples"}],
         "outputs": [{"identifier": "count", "kind": "performance"}],
     }
-    count = Asset("function", "f-count", "a", "count", PUBLIC, count_io)
+    count = Asset("function", "f-count", "a", "count", PUBLIC, count_io, EVERY_NODE)
     private = Asset("dataset", "d-b", "b", "b data", Permissions())
     builder = ComputePlanBuilder("p", "custom", "a")
     builder.add_task(

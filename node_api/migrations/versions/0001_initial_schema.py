@@ -20,13 +20,15 @@ def upgrade() -> None:
     op.create_table(
         "api_tokens",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("user", sa.String(length=200), nullable=False),
+        sa.Column("user_name", sa.String(length=200), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_hash"),
     )
-    op.create_index(op.f("ix_api_tokens_user"), "api_tokens", ["user"], unique=False)
+    op.create_index(
+        op.f("ix_api_tokens_user_name"), "api_tokens", ["user_name"], unique=False
+    )
     op.create_table(
         "datasets",
         sa.Column("key", sa.String(length=64), nullable=False),
@@ -141,7 +143,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("model_key", sa.String(length=64), nullable=False),
         sa.Column("organization", sa.String(length=200), nullable=False),
-        sa.Column("user", sa.String(length=200), nullable=True),
+        sa.Column("user_name", sa.String(length=200), nullable=True),
         sa.Column("purpose", sa.String(length=20), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -174,5 +176,5 @@ def downgrade() -> None:
     op.drop_table("models")
     op.drop_table("functions")
     op.drop_table("datasets")
-    op.drop_index(op.f("ix_api_tokens_user"), table_name="api_tokens")
+    op.drop_index(op.f("ix_api_tokens_user_name"), table_name="api_tokens")
     op.drop_table("api_tokens")

@@ -1,0 +1,205 @@
+"""Orchestration overhead: one plan through airfed on Airflow, and in-process.
+
+The same federated-averaging plan (train on every node, aggregate on the
+first, for N rounds; a tiny model: a running sum) runs
+
+1. through airfed: real nodes over mutual TLS, Airflow's scheduler,
+   dag-processor, triggerer and api-server on the embedded default (SQLite,
+   LocalExecutor), submitted through the plugin's API;
+2. in-process (the limit): :func:`airfed.sdk.simulation.simulate` calls the
+   same functions in rank order, with no orchestration and no nodes.
+
+Reported: seconds per round and per dependency level for both; the
+overhead per level; how much of it is the nodes' own work (the slowest task
+of each level, from the nodes' start and end times) and how much is
+Airflow's; the time from submission to the first task running on a node.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.orchestration            # 3 nodes, 10 rounds
+    .venv/bin/python -m benchmarks.orchestration --nodes 10 --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import datetime as dt
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from airfed.sdk._airflow import airflow_config_file, start_orchestrator
+from airfed.sdk.network import client_ssl_context, init_network
+from airfed.sdk.node_client import NodeClient
+from airfed.sdk.orchestrator import wait_for_plan
+from airfed.sdk.simulation import simulate
+from airfed.sdk.spec import PlanSpec
+from tests.e2e.federation import Federation, register_federation
+from tests.support.nodes import start_nodes
+from tests.support.ports import free_port, free_port_block
+
+RESULTS = Path(__file__).parent / "results" / "orchestration.json"
+TUNED = {
+    "core": ["executor", "parallelism"],
+    "scheduler": ["scheduler_idle_sleep_time", "scheduler_heartbeat_sec"],
+    "dag_processor": ["parsing_processes", "min_file_process_interval"],
+    "airfed": ["node_poll_interval"],
+}
+
+
+def _tuned_settings() -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(airflow_config_file())
+    return {
+        f"[{section}] {key}": parser.get(section, key)
+        for section, keys in TUNED.items()
+        for key in keys
+    }
+
+
+def _time(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _node_tasks(
+    spec: PlanSpec, nodes: dict[str, Any], network_root: Path
+) -> dict[str, dict[str, Any]]:
+    context = client_ssl_context(network_root / "orchestrator")
+    found: dict[str, dict[str, Any]] = {}
+    for org, node in nodes.items():
+        with NodeClient(node.url, context) as client:
+            for task in client.list_tasks(spec.key):
+                found[task["key"]] = task
+    return found
+
+
+def _critical_node_seconds(spec: PlanSpec, tasks: dict[str, dict[str, Any]]) -> float:
+    """Sum over dependency levels of the slowest node task of the level."""
+    by_level: dict[int, float] = {}
+    for task in spec.tasks:
+        record = tasks[task.key]
+        seconds = (
+            _time(record["ended_at"]) - _time(record["started_at"])
+        ).total_seconds()
+        by_level[task.rank] = max(by_level.get(task.rank, 0.0), seconds)
+    return sum(by_level.values())
+
+
+def _run_on_airflow(
+    federation: Federation,
+    spec: PlanSpec,
+    orchestrator: Any,
+    nodes: dict[str, Any],
+    network_root: Path,
+) -> dict[str, Any]:
+    with orchestrator.client() as client:
+        submitted_at = dt.datetime.now(dt.UTC)
+        start = time.perf_counter()
+        client.submit_plan(spec)
+        submit_seconds = time.perf_counter() - start
+        plan = wait_for_plan(client, spec.key, timeout=7200, poll_interval=0.2)
+        total = time.perf_counter() - start
+    if plan["status"] != "success":
+        raise SystemExit(f"plan ended {plan['status']}: {plan}")
+    tasks = _node_tasks(spec, nodes, network_root)
+    first_start = min(_time(t["started_at"]) for t in tasks.values())
+    return {
+        "seconds": round(total, 3),
+        "submit_call_seconds": round(submit_seconds, 3),
+        "submit_to_first_task_running_seconds": round(
+            (first_start - submitted_at).total_seconds(), 3
+        ),
+        "node_critical_path_seconds": round(_critical_node_seconds(spec, tasks), 3),
+    }
+
+
+def _run_in_process(federation: Federation, spec: PlanSpec) -> dict[str, Any]:
+    start = time.perf_counter()
+    result = simulate(spec, federation.local)
+    seconds = time.perf_counter() - start
+    if result.status != "done":
+        raise SystemExit(f"in-process run failed: {result.error}")
+    return {"seconds": round(seconds, 3)}
+
+
+def run(nodes_count: int, rounds: int, workdir: Path) -> dict[str, Any]:
+    orgs = [f"org{i}" for i in range(nodes_count)]
+    network = init_network(
+        workdir / "net", orgs, base_port=free_port_block(2 * nodes_count + 1)
+    )
+    with (
+        start_nodes(network, orgs) as nodes,
+        start_orchestrator(
+            workdir / "airflow", network.root, port=free_port()
+        ) as orchestrator,
+    ):
+        federation = register_federation(nodes, network.root, workdir / "assets")
+        # A first plan warms the components up (imports, first parse).
+        _run_on_airflow(
+            federation, federation.plan(1), orchestrator, nodes, network.root
+        )
+        spec = federation.plan(rounds)
+        airflow = _run_on_airflow(federation, spec, orchestrator, nodes, network.root)
+    limit = _run_in_process(federation, spec)
+    levels = max(task.rank for task in spec.tasks) + 1
+    overhead = airflow["seconds"] - limit["seconds"]
+    airflow_only = airflow["seconds"] - airflow["node_critical_path_seconds"]
+    return {
+        "nodes": nodes_count,
+        "rounds": rounds,
+        "tasks": len(spec.tasks),
+        "dependency_levels": levels,
+        "airfed_on_airflow": {
+            **airflow,
+            "seconds_per_round": round(airflow["seconds"] / rounds, 3),
+            "seconds_per_level": round(airflow["seconds"] / levels, 3),
+        },
+        "in_process_limit": {
+            **limit,
+            "seconds_per_round": round(limit["seconds"] / rounds, 3),
+            "seconds_per_level": round(limit["seconds"] / levels, 3),
+        },
+        "overhead_per_level_seconds": round(overhead / levels, 3),
+        "airflow_overhead_per_level_seconds": round(airflow_only / levels, 3),
+        "node_overhead_per_level_seconds": round(
+            (airflow["node_critical_path_seconds"] - limit["seconds"]) / levels, 3
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="airfed-bench-") as tmp:
+        measured = run(args.nodes, args.rounds, Path(tmp))
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results.setdefault("runs", {})[f"{args.nodes}_nodes_{args.rounds}_rounds"] = {
+        **measured,
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    results["command"] = "python -m benchmarks.orchestration --nodes N --rounds R"
+    results["machine"] = {"cpus": _cpus(), "python": platform.python_version()}
+    results["airflow_settings_tuned"] = _tuned_settings()
+    results["target_overhead_per_level_seconds"] = 0.5
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(measured, indent=2))
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Compute plans run by the real Airflow scheduler across three real nodes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from airfed.sdk._airflow import RunningOrchestrator
+from airfed.sdk.errors import NodeRequestError
+from airfed.sdk.network import Network, client_ssl_context
+from airfed.sdk.node_client import NodeClient
+from airfed.sdk.orchestrator import OrchestratorClient, task_id_for, wait_for_plan
+from tests.e2e.federation import Federation, register_federation
+from tests.support.airflow import running_orchestrator
+from tests.support.nodes import RunningNode, create_token, start_nodes
+
+pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.postgres]
+
+
+@dataclass
+class Stack:
+    network: Network
+    nodes: dict[str, RunningNode]
+    orchestrator: RunningOrchestrator
+    federation: Federation
+
+    def orchestrator_node(self, org: str) -> NodeClient:
+        profile = self.network.root / "orchestrator"
+        return NodeClient(self.nodes[org].url, client_ssl_context(profile))
+
+
+@pytest.fixture
+def stack(network: Network, pg_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """Three nodes and Airflow on PostgreSQL."""
+    with (
+        start_nodes(network, ["a", "b", "c"]) as nodes,
+        running_orchestrator(
+            tmp_path / "airflow", network.root, database_url=pg_url
+        ) as orchestrator,
+    ):
+        federation = register_federation(nodes, network.root, tmp_path / "assets")
+        yield Stack(network, nodes, orchestrator, federation)
+
+
+def _wait_for_state(
+    client: OrchestratorClient, plan_key: str, task_id: str, states: set[str]
+) -> dict[str, object]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        plan = client.get_plan(plan_key)
+        task = next(t for t in plan["tasks"] if t["task_id"] == task_id)
+        if task["state"] in states:
+            return plan
+        time.sleep(0.2)
+    raise AssertionError(f"task {task_id} never reached {states}")
+
+
+def test_plan_succeeds_and_every_node_task_is_done(stack: Stack) -> None:
+    spec = stack.federation.plan(rounds=2)
+
+    with stack.orchestrator.client() as client:
+        submitted = client.submit_plan(spec)
+        plan = wait_for_plan(client, spec.key, timeout=600, poll_interval=0.5)
+
+    assert submitted["dag_id"] == f"airfed_plan_{spec.key}"
+    assert plan["status"] == "success"
+    assert {t["state"] for t in plan["tasks"]} == {"success"}
+    for task in spec.tasks:
+        with stack.orchestrator_node(task.worker) as node:
+            assert node.get_task(task.key)["status"] == "done"
+    last = max(spec.tasks, key=lambda t: t.rank)
+    with stack.orchestrator_node(last.worker) as node:
+        performances = node.list_performances(spec.key)
+    # Each round adds 1 + 2 on every organization, then averages: 3, then 6.
+    assert sorted(p["value"] for p in performances) == [3.0, 6.0]
+
+
+def test_failing_function_fails_the_run_and_its_log_is_readable(
+    stack: Stack,
+) -> None:
+    spec = stack.federation.plan(rounds=1, broken="b")
+    broken = next(t for t in spec.tasks if t.worker == "b")
+
+    with stack.orchestrator.client() as client:
+        client.submit_plan(spec)
+        plan = wait_for_plan(client, spec.key, timeout=600, poll_interval=0.5)
+
+    assert plan["status"] == "failed"
+    states = {t["task_id"]: t["state"] for t in plan["tasks"]}
+    assert states[task_id_for(broken)] == "failed"
+    config = stack.nodes["b"].config
+    token = create_token(config.home / "node.yaml", "alice")
+    with stack.nodes["b"].client(stack.network.root / "b", token) as alice:
+        assert alice.get_task(broken.key)["status"] == "failed"
+        assert "the data has no label column" in alice.task_logs(broken.key)
+    with (
+        stack.nodes["b"].client(stack.network.root / "c") as stranger,
+        pytest.raises(NodeRequestError) as refused,
+    ):
+        stranger.task_logs(broken.key)
+    assert refused.value.status == 403
+
+
+def test_cancel_stops_the_run_and_the_running_node_tasks(stack: Stack) -> None:
+    spec = stack.federation.plan(rounds=3)
+    first = spec.tasks[0]
+
+    with stack.orchestrator.client() as client:
+        client.submit_plan(spec)
+        _wait_for_state(
+            client, spec.key, task_id_for(first), {"deferred", "running", "success"}
+        )
+        answer = client.cancel_plan(spec.key)
+        plan = wait_for_plan(client, spec.key, timeout=120, poll_interval=0.5)
+
+    assert answer["status"] == "canceled"
+    assert plan["status"] == "canceled"
+    assert "running" not in {t["state"] for t in plan["tasks"]}
+    statuses = [_final_node_status(stack, task.worker, task.key) for task in spec.tasks]
+    assert "canceled" in statuses
+    assert set(statuses) <= {"done", "canceled", "failed", "never posted"}
+
+
+def _final_node_status(stack: Stack, worker: str, task_key: str) -> str:
+    """The node's final status of a task (a guard on waiting, not a timing check)."""
+    deadline = time.monotonic() + 60
+    with stack.orchestrator_node(worker) as node:
+        while True:
+            try:
+                status = str(node.get_task(task_key)["status"])
+            except NodeRequestError as exc:
+                assert exc.status == 404
+                return "never posted"
+            if status in ("done", "canceled", "failed") or time.monotonic() > deadline:
+                return status
+            time.sleep(0.2)

@@ -1,0 +1,155 @@
+"""NodeTaskOperator and its trigger: against a real node over mutual TLS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airfed.sdk.network import Network
+from airfed.sdk.orchestrator import task_id_for
+from airfed.sdk.spec import TaskSpec
+from tests.e2e.federation import Federation, register_federation
+from tests.support.airflow import fedavg_spec
+from tests.support.nodes import RunningNode, start_nodes
+
+
+def _operator(**kwargs: Any) -> Any:
+    from airfed.operators import NodeTaskOperator
+
+    task = fedavg_spec(rounds=1).tasks[0]
+    return NodeTaskOperator(task_spec=task, **kwargs)
+
+
+def _event(status: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "task_key": "t1",
+        "worker": "a",
+        "status": status,
+        "error": None,
+        "outputs": {},
+        "performances": {},
+        "receipt": None,
+        **fields,
+    }
+
+
+def test_operator_is_named_after_its_task_and_starts_in_the_triggerer() -> None:
+    operator = _operator()
+    spec = TaskSpec.model_validate(operator.task_spec)
+
+    assert operator.task_id == task_id_for(spec)
+    assert operator.start_from_trigger is True
+    args = operator.start_trigger_args
+    assert args.trigger_cls == "airfed.operators._trigger.NodeTaskTrigger"
+    assert args.trigger_kwargs["task_spec"] == operator.task_spec
+    assert args.next_method == "execute_complete"
+
+
+def test_done_task_pushes_only_references_and_hashes() -> None:
+    event = _event(
+        "done",
+        outputs={
+            "model": {
+                "kind": "model",
+                "model_key": "m1",
+                "checksum": "ab" * 32,
+                "path": "/node/storage/m1",
+            }
+        },
+        performances={"accuracy": 0.9},
+        receipt={
+            "task_key": "t1",
+            "function_hash": "f" * 64,
+            "input_hashes": {},
+            "output_hashes": {"model": "ab" * 32},
+            "status": "done",
+            "signer": "a",
+            "signature": "c2ln",
+            "extra": "dropped",
+        },
+    )
+
+    result = _operator().execute_complete(context={}, event=event)
+
+    assert result["outputs"] == {
+        "model": {"kind": "model", "model_key": "m1", "checksum": "ab" * 32}
+    }
+    assert result["performances"] == {"accuracy": 0.9}
+    assert result["receipt"]["signature"] == "c2ln"
+    assert "extra" not in result["receipt"]
+
+
+def test_failed_task_fails_without_retry_with_the_nodes_first_line() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    event = _event("failed", error="ValueError: no labels\nTraceback (most recent)")
+
+    with pytest.raises(AirflowFailException) as failed:
+        _operator().execute_complete(context={}, event=event)
+
+    assert str(failed.value) == "task t1 failed on node a: ValueError: no labels"
+
+
+def test_unreachable_node_is_retried() -> None:
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    with pytest.raises(AirflowException) as raised:
+        _operator().execute_complete(
+            context={}, event=_event("unreachable", error="refused")
+        )
+
+    assert not isinstance(raised.value, AirflowFailException)
+
+
+@pytest.fixture
+def federation(
+    network: Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Federation, dict[str, RunningNode]]]:
+    monkeypatch.setenv("AIRFLOW__AIRFED__NETWORK", str(network.root))
+    with start_nodes(network, ["a"]) as nodes:
+        yield register_federation(nodes, network.root, tmp_path / "assets"), nodes
+
+
+async def _fire(trigger: Any) -> dict[str, Any]:
+    events = [event async for event in trigger.run()]
+    assert len(events) == 1
+    return dict(events[0].payload)
+
+
+async def test_trigger_runs_the_task_on_its_node_and_a_retry_reuses_it(
+    federation: tuple[Federation, dict[str, RunningNode]],
+) -> None:
+    from airfed.operators import NodeTaskTrigger
+
+    fed, nodes = federation
+    spec = fed.plan(rounds=1)
+    train = spec.tasks[0]
+    task = train.model_dump(mode="json")
+    plan = {"key": spec.key, "name": spec.name, "creator": "a", "parents": {}}
+
+    first = await _fire(NodeTaskTrigger(task, plan, poll_interval=0.1))
+    again = await _fire(NodeTaskTrigger(task, plan, poll_interval=0.1))
+
+    assert first["status"] == "done", first
+    assert again["outputs"] == first["outputs"]
+    with nodes["a"].client(nodes["a"].config.home) as node:
+        assert len(node.list_tasks(spec.key)) == 1
+
+
+async def test_trigger_reports_a_task_the_node_refuses(
+    federation: tuple[Federation, dict[str, RunningNode]],
+) -> None:
+    from airfed.operators import NodeTaskTrigger
+
+    fed, _ = federation
+    task = fed.plan(rounds=1).tasks[0].model_dump(mode="json")
+    task["worker"] = "a"
+    task["function_key"] = "00000000-0000-4000-8000-000000000000"
+
+    event = await _fire(NodeTaskTrigger(task, None, poll_interval=0.1))
+
+    assert event["status"] in ("rejected", "failed")
+    assert event["error"]

@@ -1,0 +1,149 @@
+"""The orchestrator API (contract F) in a real api-server, with Airflow's login."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from airfed.sdk._airflow import RunningOrchestrator
+from airfed.sdk.errors import OrchestratorError
+from airfed.sdk.network import Network
+from airfed.sdk.orchestrator import OrchestratorClient, dag_id_for, dag_run_id_for
+from tests.support.airflow import fedavg_spec, running_orchestrator
+
+pytestmark = [pytest.mark.airflow]
+
+
+@pytest.fixture(scope="module")
+def orchestrator(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningOrchestrator]:
+    """Airflow on SQLite; the network's nodes are not running."""
+    from airfed.sdk.network import init_network
+    from tests.support.ports import free_port_block
+
+    root = tmp_path_factory.mktemp("api")
+    network = init_network(root / "net", ["a", "b", "c"], base_port=free_port_block(7))
+    with running_orchestrator(root / "airflow", network.root) as running:
+        yield running
+
+
+@pytest.fixture
+def client(orchestrator: RunningOrchestrator) -> Iterator[OrchestratorClient]:
+    with orchestrator.client() as client:
+        yield client
+
+
+def test_api_refuses_callers_without_a_login(orchestrator: RunningOrchestrator) -> None:
+    response = httpx.get(f"{orchestrator.url}/airfed/api/plans", timeout=30)
+
+    assert response.status_code in (401, 403)
+
+
+def test_wrong_password_is_refused(orchestrator: RunningOrchestrator) -> None:
+    with (
+        OrchestratorClient(orchestrator.url, "admin", "wrong") as client,
+        pytest.raises(OrchestratorError, match="refused the login"),
+    ):
+        client.list_plans()
+
+
+def test_submitted_plan_is_stored_parsed_and_triggered(
+    orchestrator: RunningOrchestrator, client: OrchestratorClient
+) -> None:
+    spec = fedavg_spec(rounds=1)
+
+    answer = client.submit_plan(spec)
+
+    assert answer == {
+        "plan_key": spec.key,
+        "dag_id": dag_id_for(spec.key),
+        "dag_run_id": dag_run_id_for(spec.key),
+    }
+    stored = orchestrator.plans_folder / f"{spec.key}.json"
+    assert json.loads(stored.read_text())["key"] == spec.key
+    plan = client.get_plan(spec.key)
+    assert plan["status"] in ("queued", "running", "failed")
+    assert {t["task_key"] for t in plan["tasks"]} == {t.key for t in spec.tasks}
+    assert spec.key in {p["plan_key"] for p in client.list_plans()}
+    client.cancel_plan(spec.key)
+
+
+def test_submitting_the_same_plan_twice_is_one_run(
+    client: OrchestratorClient,
+) -> None:
+    spec = fedavg_spec(rounds=1)
+
+    first = client.submit_plan(spec)
+    again = client.submit_plan(spec)
+
+    assert first == again
+    client.cancel_plan(spec.key)
+
+
+def test_a_different_plan_under_a_known_key_is_refused(
+    client: OrchestratorClient,
+) -> None:
+    spec = fedavg_spec(rounds=1)
+    client.submit_plan(spec)
+    other = fedavg_spec(rounds=2).model_copy(update={"key": spec.key})
+    body = json.loads(other.to_json())
+    for task in body["tasks"]:
+        task["plan_key"] = spec.key
+    from airfed.sdk.spec import parse_plan_spec
+
+    with pytest.raises(OrchestratorError, match="409"):
+        client.submit_plan(parse_plan_spec(body))
+    client.cancel_plan(spec.key)
+
+
+def test_a_spec_that_cannot_be_read_is_refused_naming_the_field(
+    orchestrator: RunningOrchestrator,
+) -> None:
+    body = json.loads(fedavg_spec(rounds=1).to_json())
+    body["rounds"] = "many"
+    token = httpx.post(
+        f"{orchestrator.url}/auth/token",
+        json={"username": orchestrator.username, "password": orchestrator.password},
+        timeout=30,
+    ).json()["access_token"]
+
+    response = httpx.post(
+        f"{orchestrator.url}/airfed/api/plans",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+
+    assert response.status_code == 422
+    assert "field rounds" in response.json()["detail"]
+    assert not (orchestrator.plans_folder / f"{body['key']}.json").exists()
+
+
+def test_unknown_plan_is_not_found(client: OrchestratorClient) -> None:
+    with pytest.raises(OrchestratorError, match="404"):
+        client.get_plan("no-such-plan")
+
+
+def test_cancel_fails_the_run(client: OrchestratorClient) -> None:
+    spec = fedavg_spec(rounds=2)
+    client.submit_plan(spec)
+
+    answer = client.cancel_plan(spec.key)
+
+    assert answer["status"] == "canceled"
+    plan = client.get_plan(spec.key)
+    assert plan["status"] == "canceled"
+    assert "running" not in {t["state"] for t in plan["tasks"]}
+
+
+def test_plans_folder_holds_only_complete_specs(
+    orchestrator: RunningOrchestrator,
+) -> None:
+    leftovers = [p for p in Path(orchestrator.plans_folder).iterdir() if p.suffix == ".tmp"]
+
+    assert leftovers == []
