@@ -22,8 +22,6 @@ COPY --chown=airflow:0 ledger /opt/airfed/src/ledger
 COPY --chown=airflow:0 operators /opt/airfed/src/operators
 COPY --chown=airflow:0 plugins /opt/airfed/src/plugins
 COPY --chown=airflow:0 dags /opt/airfed/src/dags
-COPY --chown=airflow:0 schema /opt/airfed/src/schema
-COPY --chown=airflow:0 airflow.cfg /opt/airfed/airflow.cfg
 
 # The locked versions, PyTorch's CPU build (the default wheel pulls CUDA),
 # and Airflow kept at the base image's version.

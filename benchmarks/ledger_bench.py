@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import random
 import socket
 import statistics
@@ -36,7 +37,6 @@ from airfed.ledger._network import key_ring
 from airfed.ledger.checkpoint import Checkpoint, log_origin, sign_checkpoint
 from airfed.ledger.client import LedgerClient
 from airfed.ledger.entries import Entry, EntryKind, make_entry, parse_entry
-from airfed.ledger.log import LogWriter
 from airfed.ledger.server import serve_log
 from airfed.ledger.store import LedgerStore, StoredEntry
 from airfed.ledger.witness import Witness
@@ -83,11 +83,12 @@ class _FastSigner:
         self._key = key
 
     def statement(self, i: int) -> bytes:
+        org = self.org
         return (
-            '{"author":"%s","body":{"checksum":"%064x","dataset_key":"ds-%d",'
-            '"owner":"%s"},"key":"sample-%012d","kind":"data_sample_registered",'
+            f'{{"author":"{org}","body":{{"checksum":"{i:064x}",'
+            f'"dataset_key":"ds-{i % 97}","owner":"{org}"}},'
+            f'"key":"sample-{i:012d}","kind":"data_sample_registered",'
             '"time":"2026-12-03T12:00:00.000Z","v":1}'
-            % (self.org, i, i % 97, self.org, i)
         ).encode()
 
     def entry_bytes(self, i: int) -> bytes:
@@ -105,8 +106,8 @@ class _FastSigner:
         reference = make_entry(
             EntryKind.DATA_SAMPLE_REGISTERED,
             author=self.org,
-            key="sample-%012d" % 5,
-            body={"owner": self.org, "dataset_key": "ds-5", "checksum": "%064x" % 5},
+            key=f"sample-{5:012d}",
+            body={"owner": self.org, "dataset_key": "ds-5", "checksum": f"{5:064x}"},
             identity_key=self._key,
             time="2026-12-03T12:00:00.000Z",
         )
@@ -188,7 +189,7 @@ def build_log(network: Network, url: str, count: int) -> LedgerStore:
             leaf = merkle.leaf_hash(data)
             rows.append(
                 StoredEntry(
-                    i, leaf, "data_sample_registered", "b", "sample-%012d" % i, data
+                    i, leaf, "data_sample_registered", "b", f"sample-{i:012d}", data
                 )
             )
             nodes.extend(compact.append(leaf))
@@ -255,9 +256,10 @@ def bench_catch_up(
             witness = Witness(
                 network.root / "c", client, database_url=f"sqlite:///{tmp / 'c.db'}"
             )
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.process_time()
             result = witness.sync()
             elapsed = time.perf_counter() - began
+            cpu = time.process_time() - cpu_began
             witness.close()
     finally:
         server.stop()
@@ -267,6 +269,7 @@ def bench_catch_up(
         "seconds": round(elapsed, 2),
         "entries_per_second": round(count / elapsed),
         "signatures_checked": count,
+        "cpu_seconds_this_process": round(cpu, 2),
         "target_seconds": 60,
     }
 
@@ -295,7 +298,10 @@ def main() -> None:
         catch_up = bench_catch_up(network, tmp, log_url, args.entries)
 
     results = {
-        "machine": {"cpus": __import__("os").cpu_count()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "database": "sqlite (WAL, synchronous=FULL)",
         "appends": appends,
         "proofs": proofs,
@@ -335,6 +341,7 @@ def main() -> None:
     print(f"{'measure'.ljust(width)}  {'value':>10}  target")
     for name, value, target in rows:
         print(f"{name.ljust(width)}  {value!s:>10}  {target}")
+    print(f"load average: {results['machine']['load_average_at_end']}")
     print(f"results: {RESULTS}")
 
 

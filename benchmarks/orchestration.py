@@ -14,10 +14,15 @@ overhead per level; how much of it is the nodes' own work (the slowest task
 of each level, from the nodes' start and end times) and how much is
 Airflow's; the time from submission to the first task running on a node.
 
+It also measures how long the DAG factory takes to parse a plan of more than
+1,000 tasks (10 organizations, 91 rounds): the whole file as the
+dag-processor parses it, the one DAG a task process builds, and the DAG's
+serialization.
+
 Run from the repository root::
 
-    .venv/bin/python -m benchmarks.orchestration            # 3 nodes, 10 rounds
-    .venv/bin/python -m benchmarks.orchestration --nodes 10 --rounds 30
+    PYTHONPATH=. .venv/bin/python benchmarks/orchestration.py       # 3 nodes, 10 rounds
+    PYTHONPATH=. .venv/bin/python benchmarks/orchestration.py --nodes 10 --rounds 30
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ def _node_tasks(
 ) -> dict[str, dict[str, Any]]:
     context = client_ssl_context(network_root / "orchestrator")
     found: dict[str, dict[str, Any]] = {}
-    for org, node in nodes.items():
+    for node in nodes.values():
         with NodeClient(node.url, context) as client:
             for task in client.list_tasks(spec.key):
                 found[task["key"]] = task
@@ -127,6 +132,67 @@ def _run_in_process(federation: Federation, spec: PlanSpec) -> dict[str, Any]:
     return {"seconds": round(seconds, 3)}
 
 
+_PARSE_PROBE = """
+import json, os, sys, time
+start = time.perf_counter()
+from airflow.dag_processing.dagbag import DagBag
+from airflow.serialization.serialized_objects import DagSerialization
+imported = time.perf_counter()
+bag = DagBag(dag_folder=sys.argv[1])
+parsed = time.perf_counter()
+(dag,) = bag.dags.values()
+DagSerialization.to_dict(dag)
+serialized = time.perf_counter()
+print("PARSE=" + json.dumps({
+    "import_airflow_seconds": round(imported - start, 3),
+    "parse_seconds": round(parsed - imported, 3),
+    "serialize_seconds": round(serialized - parsed, 3),
+    "tasks": len(dag.tasks),
+    "heavy_modules": [m for m in ("torch", "kubernetes") if m in sys.modules],
+}))
+"""
+
+
+def measure_parse(workdir: Path) -> dict[str, Any]:
+    """Parse time of a plan of more than 1,000 tasks, in fresh processes."""
+    import os
+    import subprocess
+    import sys
+
+    from airfed.sdk.orchestrator import dag_id_for
+    from tests.support.airflow import REPO_ROOT, fedavg_spec
+
+    spec = fedavg_spec(tuple(f"org{i}" for i in range(10)), rounds=91)
+    plans = workdir / "plans"
+    plans.mkdir(parents=True)
+    (plans / f"{spec.key}.json").write_text(spec.to_json())
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(workdir / "home"),
+        "AIRFLOW_CONFIG": str(REPO_ROOT / "airflow.cfg"),
+        "AIRFLOW__AIRFED__PLANS_FOLDER": str(plans),
+    }
+    results: dict[str, Any] = {}
+    for case, dag_id in (
+        ("dag_processor", None),
+        ("task_process", dag_id_for(spec.key)),
+    ):
+        case_env = dict(env)
+        if dag_id is not None:
+            case_env["_AIRFLOW_PARSING_CONTEXT_DAG_ID"] = dag_id
+        output = subprocess.run(
+            [sys.executable, "-c", _PARSE_PROBE, str(REPO_ROOT / "dags")],
+            env=case_env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        ).stdout
+        line = next(x for x in output.splitlines() if x.startswith("PARSE="))
+        results[case] = json.loads(line.removeprefix("PARSE="))
+    return results
+
+
 def run(nodes_count: int, rounds: int, workdir: Path) -> dict[str, Any]:
     orgs = [f"org{i}" for i in range(nodes_count)]
     network = init_network(
@@ -177,22 +243,29 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--parse-only", action="store_true", help="Measure DAG parsing only."
+    )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="airfed-bench-") as tmp:
-        measured = run(args.nodes, args.rounds, Path(tmp))
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results.setdefault("runs", {})[f"{args.nodes}_nodes_{args.rounds}_rounds"] = {
-        **measured,
-        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    results["command"] = "python -m benchmarks.orchestration --nodes N --rounds R"
+    with tempfile.TemporaryDirectory(prefix="airfed-bench-") as tmp:
+        results["parse_1000_task_plan"] = measure_parse(Path(tmp) / "parse")
+        measured = None if args.parse_only else run(args.nodes, args.rounds, Path(tmp))
+    if measured is not None:
+        results.setdefault("runs", {})[f"{args.nodes}_nodes_{args.rounds}_rounds"] = {
+            **measured,
+            "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+    results["command"] = (
+        "PYTHONPATH=. python benchmarks/orchestration.py --nodes N --rounds R"
+    )
     results["machine"] = {"cpus": _cpus(), "python": platform.python_version()}
     results["airflow_settings_tuned"] = _tuned_settings()
     results["target_overhead_per_level_seconds"] = 0.5
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print(json.dumps(measured, indent=2))
+    print(json.dumps(measured or results["parse_1000_task_plan"], indent=2))
 
 
 def _cpus() -> int:

@@ -1,6 +1,7 @@
 """Generate the gRPC code of ``ledger.proto``: ``python -m airfed.ledger._codegen``.
 
-The generated ``ledger_pb2.py`` and ``ledger_pb2_grpc.py`` are checked in; a test regenerates them and compares.
+The generated ``ledger_pb2.py`` and ``ledger_pb2_grpc.py`` are checked in;
+a test regenerates them and compares.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -383,43 +383,47 @@ def verify_entries(
     *,
     first_index: int = 0,
     workers: int | None = None,
+    pool: Executor | None = None,
 ) -> list[Entry]:
-    """Parse and verify many entries' bytes, spreading signatures over threads.
+    """Parse and verify many entries' bytes, spread over threads.
 
-    The signature checks release the GIL, so threads run them in parallel.
-    Raises ``EntryError`` naming the first bad entry by its index in the log
-    (``first_index`` is the index of ``datas[0]``).
+    The signature checks release the GIL, so threads run them in parallel;
+    pass ``pool`` to reuse threads across calls. Raises ``EntryError`` naming
+    the first bad entry by its index in the log (``first_index`` is the
+    index of ``datas[0]``).
     """
-    entries: list[Entry] = []
-    for offset, data in enumerate(datas):
-        try:
-            signature, statement = _split(data)
-        except EntryError as exc:
-            raise EntryError(f"entry {first_index + offset}: {exc}") from exc
-        entries.append(_entry(statement, signature, data))
     workers = workers or min(4, os.cpu_count() or 1)
-    chunk = max(1, -(-len(entries) // workers))
+    chunk = max(1, -(-len(datas) // workers))
     parts = [
-        (start, entries[start : start + chunk])
-        for start in range(0, len(entries), chunk)
+        (start, datas[start : start + chunk]) for start in range(0, len(datas), chunk)
     ]
-    check = functools.partial(_first_bad, keys=keys)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        bad = [index for index in pool.map(check, parts) if index is not None]
-    if bad:
-        offset = min(bad)
-        try:
-            verify_entry(entries[offset], keys)
-        except EntryError as exc:
-            raise EntryError(f"entry {first_index + offset}: {exc}") from exc
+    check = functools.partial(_check_part, keys=keys)
+    if pool is None:
+        with ThreadPoolExecutor(max_workers=workers) as own:
+            results = list(own.map(check, parts))
+    else:
+        results = list(pool.map(check, parts))
+    entries: list[Entry] = []
+    for part_entries, problem in results:
+        entries.extend(part_entries)
+        if problem is not None:
+            offset, message = problem
+            raise EntryError(f"entry {first_index + offset}: {message}")
     return entries
 
 
-def _first_bad(part: tuple[int, list[Entry]], keys: KeyRing) -> int | None:
-    start, entries = part
-    for offset, entry in enumerate(entries):
+def _check_part(
+    part: tuple[int, Sequence[bytes]], keys: KeyRing
+) -> tuple[list[Entry], tuple[int, str] | None]:
+    """Parse and verify one run of entries; stops at the first bad one."""
+    start, datas = part
+    entries: list[Entry] = []
+    for offset, data in enumerate(datas, start):
         try:
+            signature, statement = _split(data)
+            entry = _entry(statement, signature, data)
             verify_entry(entry, keys)
-        except EntryError:
-            return start + offset
-    return None
+        except EntryError as exc:
+            return entries, (offset, str(exc))
+        entries.append(entry)
+    return entries, None

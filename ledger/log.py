@@ -131,21 +131,23 @@ class LogWriter:
     def submit(self, entries: Sequence[Entry]) -> list[Future[AppendResult]]:
         """Queue verified entries; each future resolves once its batch is stored."""
         futures: list[Future[AppendResult]] = []
+        leaves = [entry.leaf_hash for entry in entries]
+        stored = self.store.indices_of(leaves)
         with self._cond:
             if self._stopping:
                 raise LedgerError("the log is stopping; retry against the new log")
-            for entry in entries:
-                futures.append(self._queue(entry))
+            for entry, leaf in zip(entries, leaves, strict=True):
+                futures.append(self._queue(entry, leaf, stored.get(leaf)))
             self._cond.notify_all()
         return futures
 
-    def _queue(self, entry: Entry) -> Future[AppendResult]:
-        leaf = entry.leaf_hash
+    def _queue(
+        self, entry: Entry, leaf: bytes, index: int | None
+    ) -> Future[AppendResult]:
         pending = self._by_leaf.get(leaf)
         if pending is not None:
             return pending.future
         future: Future[AppendResult] = Future()
-        index = self.store.index_of(leaf)
         if index is not None:
             future.set_result(AppendResult(index, leaf, self._latest_or_fail()))
             return future

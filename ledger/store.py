@@ -252,6 +252,17 @@ class LedgerStore:
             rows = [_stored(row) for row in conn.execute(query.limit(count))]
         return rows[::-1]
 
+    def indices_of(self, leaf_hashes: Sequence[bytes]) -> dict[bytes, int]:
+        """The index of each leaf hash that the log holds."""
+        found: dict[bytes, int] = {}
+        with self._read() as conn:
+            for start in range(0, len(leaf_hashes), 500):
+                query = sa.select(entries_table.c.leaf_hash, entries_table.c.idx).where(
+                    entries_table.c.leaf_hash.in_(leaf_hashes[start : start + 500])
+                )
+                found.update((bytes(h), int(i)) for h, i in conn.execute(query))
+        return found
+
     def index_of(self, leaf_hash: bytes) -> int | None:
         query = sa.select(entries_table.c.idx).where(
             entries_table.c.leaf_hash == leaf_hash
@@ -336,26 +347,18 @@ class LedgerStore:
         entries: Sequence[StoredEntry],
         nodes: Sequence[tuple[int, int, bytes]],
     ) -> None:
-        if entries:
-            conn.execute(
-                entries_table.insert(),
-                [
-                    {
-                        "idx": e.index,
-                        "leaf_hash": e.leaf_hash,
-                        "kind": e.kind,
-                        "author": e.author,
-                        "subject_key": e.key,
-                        "data": e.data,
-                    }
-                    for e in entries
-                ],
-            )
-        if nodes:
-            conn.execute(
-                nodes_table.insert(),
-                [{"id": node_id(lv, ix), "hash": h} for lv, ix, h in nodes],
-            )
+        _bulk_insert(
+            conn,
+            entries_table,
+            ("idx", "leaf_hash", "kind", "author", "subject_key", "data"),
+            [(e.index, e.leaf_hash, e.kind, e.author, e.key, e.data) for e in entries],
+        )
+        _bulk_insert(
+            conn,
+            nodes_table,
+            ("id", "hash"),
+            [(node_id(level, index), h) for level, index, h in nodes],
+        )
 
     @staticmethod
     def _insert_checkpoint(conn: Connection, checkpoint: SignedCheckpoint) -> None:
@@ -407,6 +410,25 @@ class LedgerStore:
                 )
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerStoreError(f"cannot record alarm: {exc}") from exc
+
+
+def _bulk_insert(
+    conn: Connection,
+    table: sa.Table,
+    columns: tuple[str, ...],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """Insert many rows; on SQLite straight through the driver's executemany."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        marks = ", ".join("?" for _ in columns)
+        # Table and column names are this module's constants, never input.
+        names = ", ".join(columns)
+        statement = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608
+        conn.exec_driver_sql(statement, list(rows))
+        return
+    conn.execute(table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
 
 
 def _stored(row: Any) -> StoredEntry:

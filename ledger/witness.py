@@ -20,8 +20,12 @@ cosigned it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +91,6 @@ class Witness:
         self._keys = key_ring(self.network)
         self._workers = workers
         self._compact = self.store.compact_range()
-        self._staged = self._compact
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- health
@@ -177,21 +180,35 @@ class Witness:
             )
 
     def _catch_up(self, size: int) -> int:
-        fetched = 0
+        """Fetch, check and store entries up to ``size``, as a pipeline.
+
+        One thread fetches the next page while this one checks the current
+        page (its signatures on ``workers`` threads) and extends the tree,
+        and another stores the previous run of pages.
+        """
+        initial = self._compact.size
+        staged = _copy(self._compact)
         rows: list[StoredEntry] = []
         nodes: list[tuple[int, int, bytes]] = []
-        while self._compact.size + len(rows) < size:
-            start = self._compact.size + len(rows)
-            page = self.client.entries_page(start, min(size, start + _PAGE))
-            if not page:
-                raise LedgerUnavailable(f"the log served no entries from {start}")
-            entries = self._check_page(page, start)
-            self._extend(start, entries, rows, nodes)
-            fetched += len(page)
-            if len(rows) >= _COMMIT_EVERY:
-                self._commit(rows, nodes)
-                rows, nodes = [], []
-        self._commit(rows, nodes)
+        writing: Future[merkle.CompactRange] | None = None
+        with (
+            ThreadPoolExecutor(self._workers, thread_name_prefix="verify") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="replica-write") as writer,
+        ):
+            try:
+                for start, page in self._pages(staged.size, size):
+                    entries = self._check_page(page, start, pool)
+                    self._extend(staged, entries, rows, nodes)
+                    if len(rows) >= _COMMIT_EVERY:
+                        self._finish(writing)
+                        writing = writer.submit(self._store, rows, nodes, _copy(staged))
+                        rows, nodes = [], []
+                self._finish(writing)
+                writing = None
+                self._finish(writer.submit(self._store, rows, nodes, _copy(staged)))
+            finally:
+                self._finish(writing)
+        fetched = int(size - initial)
         logger.info(
             "ledger witness caught up witness=%s size=%d fetched=%d",
             self.organization,
@@ -200,7 +217,46 @@ class Witness:
         )
         return fetched
 
-    def _check_page(self, page: list[tuple[int, bytes]], start: int) -> list[Entry]:
+    def _pages(
+        self, start: int, end: int
+    ) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
+        """Pages of entries [start, end), fetched one page ahead."""
+        ahead: queue.Queue[Any] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def fetch() -> None:
+            position = start
+            try:
+                while position < end and not stop.is_set():
+                    page = self.client.entries_page(
+                        position, min(end, position + _PAGE)
+                    )
+                    if not page:
+                        raise LedgerUnavailable(
+                            f"the log served no entries from {position}"
+                        )
+                    ahead.put((position, page))
+                    position += len(page)
+                ahead.put(None)
+            except LedgerError as exc:
+                ahead.put(exc)
+
+        fetcher = threading.Thread(target=fetch, name="replica-fetch", daemon=True)
+        fetcher.start()
+        try:
+            while (item := ahead.get()) is not None:
+                if isinstance(item, LedgerError):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while fetcher.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    ahead.get(timeout=0.1)
+
+    def _check_page(
+        self, page: list[tuple[int, bytes]], start: int, pool: ThreadPoolExecutor
+    ) -> list[Entry]:
         indices = [index for index, _ in page]
         if indices != list(range(start, start + len(page))):
             raise self._alarm(
@@ -212,41 +268,52 @@ class Witness:
                 self._keys,
                 first_index=start,
                 workers=self._workers,
+                pool=pool,
             )
         except EntryError as exc:
             raise self._alarm("bad entry", str(exc)) from exc
         return entries
 
+    @staticmethod
     def _extend(
-        self,
-        start: int,
+        compact: merkle.CompactRange,
         entries: list[Entry],
         rows: list[StoredEntry],
         nodes: list[tuple[int, int, bytes]],
     ) -> None:
-        compact = self._pending_compact(rows)
-        for index, entry in enumerate(entries, start):
+        for entry in entries:
             leaf = merkle.leaf_hash(entry.data)
             rows.append(
                 StoredEntry(
-                    index, leaf, str(entry.kind), entry.author, entry.key, entry.data
+                    compact.size,
+                    leaf,
+                    str(entry.kind),
+                    entry.author,
+                    entry.key,
+                    entry.data,
                 )
             )
             nodes.extend(compact.append(leaf))
-        self._staged = compact
 
-    def _pending_compact(self, rows: list[StoredEntry]) -> merkle.CompactRange:
+    def _store(
+        self,
+        rows: list[StoredEntry],
+        nodes: list[tuple[int, int, bytes]],
+        compact: merkle.CompactRange,
+    ) -> merkle.CompactRange:
+        """Store a run of checked entries (on the writer thread).
+
+        ``compact`` is the tree's right edge after these entries; it becomes
+        the replica's once they are durable.
+        """
         if rows:
-            return self._staged
-        return merkle.CompactRange(self._compact.size, self._compact.hashes)
+            self.store.append(rows, nodes, None)
+        self._compact = compact
+        return compact
 
-    def _commit(
-        self, rows: list[StoredEntry], nodes: list[tuple[int, int, bytes]]
-    ) -> None:
-        if not rows:
-            return
-        self.store.append(rows, nodes, None)
-        self._compact = self._staged
+    def _finish(self, writing: Future[merkle.CompactRange] | None) -> None:
+        if writing is not None:
+            writing.result()
 
     def _cosign(self, verified: VerifiedCheckpoint, fetched: int) -> SyncResult:
         checkpoint = verified.checkpoint
@@ -286,3 +353,7 @@ class Witness:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _copy(compact: merkle.CompactRange) -> merkle.CompactRange:
+    return merkle.CompactRange(compact.size, compact.hashes)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -40,6 +41,7 @@ from types import TracebackType
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from airfed.node_api.errors import DecryptionFailed, NodeError, NotFound
@@ -122,9 +124,10 @@ class ObjectWriter:
         self._store = store
         self._chunk_size = chunk_size
         self._data_key = AESGCM.generate_key(bit_length=256)
-        self._aead = AESGCM(self._data_key)
         self._digest = hashlib.sha256()
-        self._pending = bytearray()
+        self._pending = bytearray(chunk_size)
+        self._filled = 0
+        self._sealed = bytearray(chunk_size + _TAG)
         self._index = 0
         self._size = 0
         self._done = False
@@ -148,31 +151,35 @@ class ObjectWriter:
         return self._size
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Add plaintext; seals every full chunk except a possible last one."""
+        """Add plaintext; a chunk is sealed once more data follows it."""
         self._digest.update(data)
         self._size += len(data)
-        if not self._pending and len(data) > self._chunk_size:
-            view = memoryview(data)
-            while len(view) > self._chunk_size:
-                self._seal(view[: self._chunk_size], final=False)
-                view = view[self._chunk_size :]
-            self._pending += view
-            return len(data)
-        self._pending += data
-        while len(self._pending) > self._chunk_size:
-            self._seal(self._pending[: self._chunk_size], final=False)
-            del self._pending[: self._chunk_size]
+        view = memoryview(data).cast("B")
+        while view:
+            if self._filled == self._chunk_size:
+                self._seal(memoryview(self._pending), final=False)
+                self._filled = 0
+            room = self._chunk_size - self._filled
+            piece = view[:room]
+            self._pending[self._filled : self._filled + len(piece)] = piece
+            self._filled += len(piece)
+            view = view[len(piece) :]
         return len(data)
 
-    def _seal(self, chunk: bytes | bytearray | memoryview, *, final: bool) -> None:
-        nonce = _nonce(self._index, final)
-        self._file.write(self._aead.encrypt(nonce, bytes(chunk), self._header))
+    def _seal(self, chunk: memoryview, *, final: bool) -> None:
+        encryptor = Cipher(
+            algorithms.AES(self._data_key), modes.GCM(_nonce(self._index, final))
+        ).encryptor()
+        encryptor.authenticate_additional_data(self._header)
+        count = encryptor.update_into(chunk, self._sealed)
+        encryptor.finalize()
+        self._sealed[count : count + _TAG] = encryptor.tag
+        self._file.write(memoryview(self._sealed)[: count + _TAG])
         self._index += 1
 
     def commit(self) -> StoredObject:
         """Seal the last chunk, fsync, and move the object into place."""
-        self._seal(self._pending, final=True)
-        self._pending.clear()
+        self._seal(memoryview(self._pending)[: self._filled], final=True)
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -223,9 +230,11 @@ class ObjectStore:
 
     def put_file(self, source: Path) -> StoredObject:
         """Encrypt a plaintext file into the store."""
+        buffer = bytearray(self.chunk_size)
+        view = memoryview(buffer)
         with self.writer() as writer, Path(source).open("rb", buffering=0) as handle:
-            while chunk := handle.read(self.chunk_size):
-                writer.write(chunk)
+            while count := handle.readinto(buffer):
+                writer.write(view[:count])
             return writer.commit()
 
     def put_bytes(self, data: bytes) -> StoredObject:
@@ -235,34 +244,45 @@ class ObjectStore:
 
     def read(self, object_id: str) -> Iterator[bytes]:
         """Yield the plaintext chunk by chunk, each authenticated first."""
-        path = self.path(object_id)
+        with self._open(object_id) as handle:
+            header, chunk_size, key = self._read_header(handle)
+            aead = AESGCM(key)
+            for nonce, block in self._blocks(handle, header, chunk_size):
+                try:
+                    yield aead.decrypt(nonce, block, header)
+                except InvalidTag as exc:
+                    raise DecryptionFailed(
+                        "stored object failed authentication"
+                    ) from exc
+
+    def _open(self, object_id: str) -> io.FileIO:
         try:
-            handle = path.open("rb", buffering=0)
+            return self.path(object_id).open("rb", buffering=0)
         except FileNotFoundError as exc:
             raise NotFound(f"stored object {object_id} is missing") from exc
-        with handle:
-            yield from self._decrypt(handle, os.fstat(handle.fileno()).st_size)
 
-    def _decrypt(self, handle: _Readable, total: int) -> Iterator[bytes]:
-        header, chunk_size = self._read_header(handle)
-        aead = AESGCM(self._data_key(header))
+    @staticmethod
+    def _blocks(
+        handle: io.FileIO, header: bytes, chunk_size: int
+    ) -> Iterator[tuple[bytes, memoryview]]:
+        """(nonce, sealed chunk) pairs; the view is reused between chunks."""
+        total = os.fstat(handle.fileno()).st_size
         position = len(_MAGIC) + 4 + len(header)
+        buffer = bytearray(chunk_size + _TAG)
+        view = memoryview(buffer)
         index = 0
         while True:
-            block = handle.read(chunk_size + _TAG)
-            position += len(block)
+            count = handle.readinto(buffer) or 0
+            position += count
             final = position >= total
-            if len(block) < _TAG:
+            if count < _TAG:
                 raise DecryptionFailed("stored object is truncated")
-            try:
-                yield aead.decrypt(_nonce(index, final), block, header)
-            except InvalidTag as exc:
-                raise DecryptionFailed("stored object failed authentication") from exc
+            yield _nonce(index, final), view[:count]
             if final:
                 return
             index += 1
 
-    def _read_header(self, handle: _Readable) -> tuple[bytes, int]:
+    def _read_header(self, handle: io.FileIO) -> tuple[bytes, int, bytes]:
         prefix = handle.read(len(_MAGIC) + 4)
         if len(prefix) != len(_MAGIC) + 4 or prefix[: len(_MAGIC)] != _MAGIC:
             raise DecryptionFailed("stored object has no airfed header")
@@ -274,7 +294,7 @@ class ObjectStore:
             chunk_size = int(json.loads(header)["chunk_size"])
         except (ValueError, KeyError, TypeError) as exc:
             raise DecryptionFailed("stored object header is unreadable") from exc
-        return header, chunk_size
+        return header, chunk_size, self._data_key(header)
 
     def _data_key(self, header: bytes) -> bytes:
         fields = json.loads(header)
@@ -284,22 +304,28 @@ class ObjectStore:
             )
         return self.keys.unwrap(base64.b64decode(fields["wrapped_key"]))
 
-    def decrypt_to(self, object_id: str, dest: Path) -> str:
-        """Write the plaintext to ``dest`` (mode 0600); return its SHA-256."""
-        digest = hashlib.sha256()
+    def decrypt_to(self, object_id: str, dest: Path) -> None:
+        """Write the plaintext to ``dest`` (mode 0600), chunk by chunk."""
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            for chunk in self.read(object_id):
-                digest.update(chunk)
-                out.write(chunk)
-        return digest.hexdigest()
+        with os.fdopen(fd, "wb", buffering=0) as out, self._open(object_id) as handle:
+            header, chunk_size, key = self._read_header(handle)
+            plain = bytearray(chunk_size + _TAG)
+            for nonce, block in self._blocks(handle, header, chunk_size):
+                decryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).decryptor()
+                decryptor.authenticate_additional_data(header)
+                count = decryptor.update_into(block[:-_TAG], plain)
+                try:
+                    decryptor.finalize_with_tag(bytes(block[-_TAG:]))
+                except InvalidTag as exc:
+                    out.close()
+                    Path(dest).unlink(missing_ok=True)
+                    raise DecryptionFailed(
+                        "stored object failed authentication"
+                    ) from exc
+                out.write(memoryview(plain)[:count])
 
     def delete(self, object_id: str) -> None:
         self.path(object_id).unlink(missing_ok=True)
 
     def exists(self, object_id: str) -> bool:
         return self.path(object_id).is_file()
-
-
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...

@@ -23,7 +23,7 @@ from kubernetes.client import models as k8s
 from airfed.sdk.orchestrator import task_id_for
 from airfed.sdk.spec import TaskSpec
 
-__all__ = ["PodResources", "NodeTaskPodOperator"]
+__all__ = ["NodeTaskPodOperator", "PodResources"]
 
 TASK_MOUNT = "/airfed/task"
 SECRETS_MOUNT = "/airfed/secrets"
@@ -59,7 +59,9 @@ def _volumes(
         ),
         k8s.V1Volume(
             name="node-secrets",
-            secret=k8s.V1SecretVolumeSource(secret_name=secret_name, default_mode=0o400),
+            secret=k8s.V1SecretVolumeSource(
+                secret_name=secret_name, default_mode=0o400
+            ),
         ),
         k8s.V1Volume(
             name="scratch",
@@ -73,7 +75,9 @@ def _mounts(task_key: str) -> list[k8s.V1VolumeMount]:
         k8s.V1VolumeMount(
             name="node-storage", mount_path=TASK_MOUNT, sub_path=f"tasks/{task_key}"
         ),
-        k8s.V1VolumeMount(name="node-secrets", mount_path=SECRETS_MOUNT, read_only=True),
+        k8s.V1VolumeMount(
+            name="node-secrets", mount_path=SECRETS_MOUNT, read_only=True
+        ),
         k8s.V1VolumeMount(name="scratch", mount_path="/tmp"),  # noqa: S108 (pod's own tmpfs)
     ]
 
@@ -108,7 +112,7 @@ class NodeTaskPodOperator(KubernetesPodOperator):
         namespace: str,
         kubernetes_conn_id: str | None = None,
         storage_claim: str = "airfed-node-storage",
-        secret_name: str = "airfed-node-secrets",
+        secret_name: str = "airfed-node-secrets",  # noqa: S107 (a Secret object name)
         resources: PodResources | None = None,
         **kwargs: Any,
     ) -> None:

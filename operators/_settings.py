@@ -33,7 +33,8 @@ def network_folder() -> Path:
 
 def orchestrator_profile() -> Path:
     """The orchestrator's profile folder: ``<network>/orchestrator``."""
-    return network_folder() / ORCHESTRATOR_ID
+    profile: Path = network_folder() / ORCHESTRATOR_ID
+    return profile
 
 
 def node_poll_interval() -> float:

@@ -42,7 +42,8 @@ _CLASSPATH = "airfed.operators._trigger.NodeTaskTrigger"
 
 @functools.lru_cache(maxsize=8)
 def _ssl_context(profile: Path) -> ssl.SSLContext:
-    return client_ssl_context(profile)
+    context: ssl.SSLContext = client_ssl_context(profile)
+    return context
 
 
 def node_client_args(worker: str) -> tuple[str, ssl.SSLContext]:
@@ -62,7 +63,7 @@ def _event(task_key: str, worker: str, status: str, **fields: Any) -> TriggerEve
         "receipt": None,
     }
     payload.update(fields)
-    return TriggerEvent(payload)
+    return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
 
 def _from_node(task_key: str, worker: str, node_task: dict[str, Any]) -> TriggerEvent:
@@ -87,7 +88,7 @@ class NodeTaskTrigger(BaseTrigger):
         submit: bool = True,
         poll_interval: float = 0.5,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.task_spec = task_spec
         self.plan = plan
         self.submit = submit

@@ -37,7 +37,7 @@ class _FastApiApps:
 
 class AirfedPlugin(AirflowPlugin):
     name = "airfed"
-    fastapi_apps = _FastApiApps()  # type: ignore[assignment]
+    fastapi_apps = _FastApiApps()
     # The pages (airfed.plugins.pages), shown inside the UI in an iframe.
     external_views = [
         {

@@ -129,7 +129,8 @@ def _airflow(request: Request) -> Iterator[_Airflow]:
 
 def _spec_path(plan_key: str) -> Path:
     dag_id_for(plan_key)  # refuses keys that cannot name a file or a DAG
-    return plans_folder() / f"{plan_key}.json"
+    path: Path = plans_folder() / f"{plan_key}.json"
+    return path
 
 
 def _read_spec(plan_key: str) -> PlanSpec:
@@ -161,14 +162,15 @@ def _store_spec(spec: PlanSpec) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(spec.to_json())
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def _cancel_marker(plan_key: str) -> Path:
-    return plans_folder() / f"{plan_key}.canceled"
+    marker: Path = plans_folder() / f"{plan_key}.canceled"
+    return marker
 
 
 # --------------------------------------------------------------------------
@@ -197,9 +199,10 @@ def _wait_for_dag(api: _Airflow, dag_id: str) -> None:
 
 
 def _trigger(api: _Airflow, spec: PlanSpec) -> str:
-    dag_id, run_id = dag_id_for(spec.key), dag_run_id_for(spec.key)
+    dag_id: str = dag_id_for(spec.key)
+    run_id: str = dag_run_id_for(spec.key)
     api.json("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
-    body = {
+    body: dict[str, Any] = {
         "dag_run_id": run_id,
         "logical_date": None,
         "conf": {},

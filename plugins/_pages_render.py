@@ -221,6 +221,12 @@ def _task_label(task: TaskSpec) -> str:
     return f"{task.category} (local)"
 
 
+def _grid_order(task: TaskSpec) -> tuple[int, bool, int, str]:
+    """Within a round: the federated model's tasks first, each by rank."""
+    local = model_label(task.metadata, task.worker) != FEDERATED
+    return task.round, local, task.rank, task.category
+
+
 def _task_grid(
     data: PlanPageData, statuses: Mapping[str, str]
 ) -> tuple[list[str], list[tuple[int, list[list[_TaskCell]]]]]:
@@ -230,7 +236,7 @@ def _task_grid(
     cells: dict[int, dict[str, list[_TaskCell]]] = defaultdict(
         lambda: defaultdict(list)
     )
-    for task in sorted(spec.tasks, key=lambda t: (t.round, t.rank, t.category)):
+    for task in sorted(spec.tasks, key=_grid_order):
         node_task = data.node_tasks.get(task.key)
         cells[task.round][task.worker].append(
             _TaskCell(

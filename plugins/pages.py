@@ -119,7 +119,7 @@ class PlanSource:
             return {}, f"Airflow's database did not answer: {type(exc).__name__}"
 
     async def page_data(self, spec: PlanSpec) -> PlanPageData:
-        runs, problem = self.latest_runs([spec])
+        runs, problem = await asyncio.to_thread(self.latest_runs, [spec])
         problems = [problem] if problem else []
         node_tasks: dict[str, NodeTask] = {}
         performances: list[Performance] = []
@@ -127,7 +127,10 @@ class PlanSource:
         if self.nodes is None:
             problems.append("[airfed] network is not set: nodes cannot be asked")
         else:
-            node_tasks, performances, health = await self.nodes(spec)
+            try:
+                node_tasks, performances, health = await self.nodes(spec)
+            except AirfedError as exc:  # e.g. the network folder is missing
+                problems.append(f"the nodes cannot be asked: {exc}")
             problems += [
                 f"the node of {h.organization} did not answer: {h.detail}"
                 for h in health

@@ -560,12 +560,16 @@ def function_metadata(
         *(_function_io(item, "input", _INPUT_KINDS) for item in inputs),
         *(_function_io(item, "output", _OUTPUT_KINDS) for item in outputs),
     ]
-    identifiers = [item["identifier"] for item in declared]
-    for identifier in identifiers:
-        if identifiers.count(identifier) > 1:
-            raise ConfigError(
-                f"function input or output {identifier!r} is declared twice"
-            )
+    # Inputs and outputs are separate namespaces (a train function may read
+    # its "local" state and write the next one under the same identifier).
+    for role, items in (
+        ("input", declared[: len(inputs)]),
+        ("output", declared[len(inputs) :]),
+    ):
+        identifiers = [item["identifier"] for item in items]
+        for identifier in identifiers:
+            if identifiers.count(identifier) > 1:
+                raise ConfigError(f"function {role} {identifier!r} is declared twice")
     return {
         "name": _non_empty(name, "function name"),
         "description": description,

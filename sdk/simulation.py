@@ -81,6 +81,28 @@ class SimulationAssets:
     samples: dict[str, Path] = field(default_factory=dict)
     models: dict[str, Path] = field(default_factory=dict)
 
+    def write_manifest(self, path: Path) -> Path:
+        """Write a manifest that :func:`load_simulation_assets` reads back; each
+        function's metadata goes to ``<key>.json`` next to it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        functions = {}
+        for key, function in self.functions.items():
+            metadata = path.parent / f"{key}.json"
+            metadata.write_text(json.dumps(dict(function.metadata), indent=1))
+            functions[key] = {
+                "folder": str(Path(function.folder).resolve()),
+                "metadata": metadata.name,
+            }
+        document = {
+            "functions": functions,
+            "datasets": {k: str(Path(v).resolve()) for k, v in self.datasets.items()},
+            "samples": {k: str(Path(v).resolve()) for k, v in self.samples.items()},
+            "models": {k: str(Path(v).resolve()) for k, v in self.models.items()},
+        }
+        path.write_text(yaml.safe_dump(document, sort_keys=True))
+        return path
+
 
 @dataclass(frozen=True)
 class SimulatedPerformance:

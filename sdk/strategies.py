@@ -51,6 +51,7 @@ from airfed.sdk.algorithms import (
     METRICS_KEY,
     STRATEGY_KEY,
     TRAIN_RULES_KEY,
+    AlgorithmPackage,
     TrainRules,
 )
 from airfed.sdk.catalog import Catalog
@@ -83,6 +84,7 @@ __all__ = [
     "StrategyError",
     "TrimmedMean",
     "make_strategy",
+    "register_package",
     "strategy_from_config",
 ]
 
@@ -115,6 +117,26 @@ class AlgorithmFunctions:
     aggregate: str
     evaluate: str
     metrics: tuple[str, ...] = ("accuracy", "roc_auc", "loss")
+
+
+def register_package(client: Any, package: AlgorithmPackage) -> AlgorithmFunctions:
+    """Register the three functions of ``package`` with an
+    :class:`airfed.sdk.client.Client` on every node; returns their keys."""
+    keys = {}
+    for role, metadata in package.functions.items():
+        function = client.register_function(
+            package.folder,
+            name=metadata["name"],
+            entrypoint=metadata["entrypoint"],
+            inputs=metadata["inputs"],
+            outputs=metadata["outputs"],
+            description=metadata["description"],
+            permissions=Permissions.model_validate(metadata["permissions"]),
+        )
+        keys[role] = str(function["key"])
+    return AlgorithmFunctions(
+        keys["train"], keys["aggregate"], keys["evaluate"], package.metrics
+    )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,17 @@ from airfed.sdk.errors import AirfedError
 __all__ = ["app", "main"]
 
 # Each module attaches its commands to the groups in ``_apps``.
-_COMMAND_MODULES = ("_network", "_node", "_task_run", "_assets", "_plan", "_orchestrator", "_ledger")
+_COMMAND_MODULES = (
+    "_network",
+    "_node",
+    "_task_run",
+    "_assets",
+    "_plan",
+    "_orchestrator",
+    "_ledger",
+    "_simulate",
+    "_quickstart",
+)
 
 
 def _load_commands() -> None:

@@ -54,6 +54,13 @@ BROKEN_TRAIN = """
         raise ValueError("the data has no label column")
 """
 
+SLOW_TRAIN = """
+    import time
+
+    def train(ctx):
+        time.sleep(120)
+"""
+
 _PUBLIC = {"public": True, "authorized_ids": []}
 _SHARED = OutputSpec(permissions=Permissions(process=Permission(public=True)))
 
@@ -75,6 +82,7 @@ class Organization:
     sample_keys: list[str]
     train_key: str
     broken_train_key: str
+    slow_train_key: str
 
 
 @dataclass
@@ -83,14 +91,20 @@ class Federation:
     aggregate_key: str = ""
     local: SimulationAssets = field(default_factory=SimulationAssets)
 
-    def plan(self, rounds: int, *, broken: str | None = None) -> PlanSpec:
-        """FedAvg over every organization; ``broken`` trains with a failing function."""
+    def plan(
+        self, rounds: int, *, broken: str | None = None, slow: str | None = None
+    ) -> PlanSpec:
+        """FedAvg over every organization.
+
+        ``broken`` trains with a failing function, ``slow`` with one that
+        sleeps for two minutes.
+        """
         orgs = list(self.organizations.values())
         builder = ComputePlanBuilder("sums", "fedavg", orgs[0].id)
         previous: str | None = None
         for round_ in range(rounds):
             updates = [
-                self._train(builder, org, round_, previous, broken == org.id)
+                self._train(builder, org, round_, previous, broken, slow)
                 for org in orgs
             ]
             previous = builder.add_task(
@@ -109,7 +123,8 @@ class Federation:
         org: Organization,
         round_: int,
         previous: str | None,
-        broken: bool,
+        broken: str | None,
+        slow: str | None,
     ) -> str:
         inputs = [
             asset_input("opener", org.dataset_key),
@@ -117,8 +132,13 @@ class Federation:
         ]
         if previous is not None:
             inputs.append(parent_input("model", previous, "model"))
+        function = org.train_key
+        if broken == org.id:
+            function = org.broken_train_key
+        elif slow == org.id:
+            function = org.slow_train_key
         return builder.add_task(
-            org.broken_train_key if broken else org.train_key,
+            function,
             org.id,
             category="train",
             round=round_,
@@ -199,6 +219,9 @@ def _organization(
             train_key=_function(client, root, "train", TRAIN, "algo:train", local),
             broken_train_key=_function(
                 client, root, "broken", BROKEN_TRAIN, "algo:train", local
+            ),
+            slow_train_key=_function(
+                client, root, "slow", SLOW_TRAIN, "algo:train", local
             ),
         )
 

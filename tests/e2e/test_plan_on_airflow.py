@@ -13,7 +13,7 @@ from airfed.sdk._airflow import RunningOrchestrator
 from airfed.sdk.errors import NodeRequestError
 from airfed.sdk.network import Network, client_ssl_context
 from airfed.sdk.node_client import NodeClient
-from airfed.sdk.orchestrator import OrchestratorClient, task_id_for, wait_for_plan
+from airfed.sdk.orchestrator import task_id_for, wait_for_plan
 from tests.e2e.federation import Federation, register_federation
 from tests.support.airflow import running_orchestrator
 from tests.support.nodes import RunningNode, create_token, start_nodes
@@ -44,19 +44,6 @@ def stack(network: Network, pg_url: str, tmp_path: Path) -> Iterator[Stack]:
     ):
         federation = register_federation(nodes, network.root, tmp_path / "assets")
         yield Stack(network, nodes, orchestrator, federation)
-
-
-def _wait_for_state(
-    client: OrchestratorClient, plan_key: str, task_id: str, states: set[str]
-) -> dict[str, object]:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        plan = client.get_plan(plan_key)
-        task = next(t for t in plan["tasks"] if t["task_id"] == task_id)
-        if task["state"] in states:
-            return plan
-        time.sleep(0.2)
-    raise AssertionError(f"task {task_id} never reached {states}")
 
 
 def test_plan_succeeds_and_every_node_task_is_done(stack: Stack) -> None:
@@ -106,23 +93,39 @@ def test_failing_function_fails_the_run_and_its_log_is_readable(
 
 
 def test_cancel_stops_the_run_and_the_running_node_tasks(stack: Stack) -> None:
-    spec = stack.federation.plan(rounds=3)
-    first = spec.tasks[0]
+    spec = stack.federation.plan(rounds=2, slow="c")
+    slow = next(t for t in spec.tasks if t.worker == "c")
 
     with stack.orchestrator.client() as client:
         client.submit_plan(spec)
-        _wait_for_state(
-            client, spec.key, task_id_for(first), {"deferred", "running", "success"}
-        )
+        _wait_for_node_status(stack, slow.worker, slow.key, "executing")
         answer = client.cancel_plan(spec.key)
         plan = wait_for_plan(client, spec.key, timeout=120, poll_interval=0.5)
 
     assert answer["status"] == "canceled"
+    assert slow.key in answer["canceled_tasks"]
     assert plan["status"] == "canceled"
-    assert "running" not in {t["state"] for t in plan["tasks"]}
-    statuses = [_final_node_status(stack, task.worker, task.key) for task in spec.tasks]
-    assert "canceled" in statuses
-    assert set(statuses) <= {"done", "canceled", "failed", "never posted"}
+    assert not {"running", "deferred", "queued"} & {t["state"] for t in plan["tasks"]}
+    assert _final_node_status(stack, slow.worker, slow.key) == "canceled"
+    later = [t for t in spec.tasks if t.round == 1]
+    assert {_final_node_status(stack, t.worker, t.key) for t in later} == {
+        "never posted"
+    }
+
+
+def _wait_for_node_status(
+    stack: Stack, worker: str, task_key: str, status: str
+) -> None:
+    deadline = time.monotonic() + 120
+    with stack.orchestrator_node(worker) as node:
+        while time.monotonic() < deadline:
+            try:
+                if node.get_task(task_key)["status"] == status:
+                    return
+            except NodeRequestError:
+                pass
+            time.sleep(0.2)
+    raise AssertionError(f"task {task_key} never became {status} on {worker}")
 
 
 def _final_node_status(stack: Stack, worker: str, task_key: str) -> str:

@@ -186,7 +186,7 @@ def test_replaced_checkpoint_or_cosignature_is_detected() -> None:
         _verifier().verify(replaced.text())
     cos = cp.cosign(checkpoint, cp.witness_name("test", "b"), KEY_B)
     wrong = cp.SignedCheckpoint(other, cp.sign_checkpoint(other, LOG_KEY).signatures)
-    with pytest.raises(CheckpointError, match="cosignature of .*witness/b"):
+    with pytest.raises(CheckpointError, match=r"cosignature of .*witness/b"):
         _verifier().verify(wrong.with_signatures(cos).text())
     stranger = ed25519.Ed25519PrivateKey.generate()
     with pytest.raises(CheckpointError, match="not signed by the log key"):

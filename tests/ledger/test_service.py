@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,8 +124,6 @@ def test_a_client_from_another_network_cannot_connect(
         pytest.raises(LedgerUnavailable),
     ):
         client.latest_checkpoint()
-    context = ssl.create_default_context(cafile=str(network.root / "a/tls/ca.crt"))
-    assert context.verify_mode == ssl.CERT_REQUIRED
 
 
 def test_checked_in_grpc_code_matches_the_proto(tmp_path: Path) -> None:

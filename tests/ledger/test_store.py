@@ -79,9 +79,11 @@ def test_the_database_refuses_updates_and_deletes(
         "DELETE FROM ledger_cosignatures",
     ]
     for statement in attacks:
-        with pytest.raises(sa.exc.DatabaseError, match="append-only"):
-            with engine.begin() as conn:
-                conn.exec_driver_sql(statement)
+        with (
+            pytest.raises(sa.exc.DatabaseError, match="append-only"),
+            engine.begin() as conn,
+        ):
+            conn.exec_driver_sql(statement)
     assert writer.store.size() == 3
     assert len(writer.store.entries(0, 3)) == 3
 

@@ -162,3 +162,22 @@ def test_300_mb_stream_through_the_store_in_bounded_memory(tmp_path: Path) -> No
     )
     growth = int(result.stdout.strip())
     assert growth < 48 * 1024 * 1024, f"peak RSS grew by {growth} bytes"
+
+
+def test_decrypt_to_writes_the_plaintext_or_nothing(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    data = os.urandom(4 * CHUNK + 5)
+    stored = store.put_bytes(data)
+    dest = tmp_path / "plain.bin"
+
+    store.decrypt_to(stored.object_id, dest)
+    assert dest.read_bytes() == data
+    assert dest.stat().st_mode & 0o777 == 0o600
+
+    path = store.path(stored.object_id)
+    tampered = bytearray(path.read_bytes())
+    tampered[-CHUNK] ^= 0x80
+    path.write_bytes(bytes(tampered))
+    with pytest.raises(DecryptionFailed):
+        store.decrypt_to(stored.object_id, dest)
+    assert not dest.exists()

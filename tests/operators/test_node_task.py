@@ -87,10 +87,14 @@ def test_failed_task_fails_without_retry_with_the_nodes_first_line() -> None:
 
     event = _event("failed", error="ValueError: no labels\nTraceback (most recent)")
 
-    with pytest.raises(AirflowFailException) as failed:
-        _operator().execute_complete(context={}, event=event)
+    operator = _operator()
 
-    assert str(failed.value) == "task t1 failed on node a: ValueError: no labels"
+    with pytest.raises(AirflowFailException) as failed:
+        operator.execute_complete(context={}, event=event)
+
+    assert str(failed.value) == (
+        f"task {operator.task_key} failed on node a: ValueError: no labels"
+    )
 
 
 def test_unreachable_node_is_retried() -> None:

@@ -29,7 +29,10 @@ def _pod(**kwargs: object) -> dict[str, object]:
 
     task = next(t for t in fedavg_spec(rounds=1).tasks if t.worker == "b")
     operator = NodeTaskPodOperator(
-        task_spec=task, image="ghcr.io/airfed/node:0.1.0", namespace="airfed-b", **kwargs
+        task_spec=task,
+        image="ghcr.io/airfed/node:0.1.0",
+        namespace="airfed-b",
+        **kwargs,
     )
     assert operator.task_id == task_id_for(task)
     pod = operator.build_pod_request_obj(context=None, dry_run=True)

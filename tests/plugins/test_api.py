@@ -11,7 +11,6 @@ import pytest
 
 from airfed.sdk._airflow import RunningOrchestrator
 from airfed.sdk.errors import OrchestratorError
-from airfed.sdk.network import Network
 from airfed.sdk.orchestrator import OrchestratorClient, dag_id_for, dag_run_id_for
 from tests.support.airflow import fedavg_spec, running_orchestrator
 
@@ -144,6 +143,8 @@ def test_cancel_fails_the_run(client: OrchestratorClient) -> None:
 def test_plans_folder_holds_only_complete_specs(
     orchestrator: RunningOrchestrator,
 ) -> None:
-    leftovers = [p for p in Path(orchestrator.plans_folder).iterdir() if p.suffix == ".tmp"]
+    leftovers = [
+        p for p in Path(orchestrator.plans_folder).iterdir() if p.suffix == ".tmp"
+    ]
 
     assert leftovers == []

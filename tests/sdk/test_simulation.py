@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from airfed.node_api.runtime import run_task_workdir
+from airfed.sdk.cli import _load_commands, app
 from airfed.sdk.algorithms import Algorithm
 from airfed.sdk.datasets import FederatedDataset, make_federated_dataset
 from airfed.sdk.evaluation import Evaluation
@@ -72,7 +74,7 @@ def test_same_seeds_give_the_same_metrics_in_process_and_in_a_subprocess(
     torch_federation: tuple[Federation, SimulationAssets],
 ) -> None:
     federation, assets = torch_federation
-    spec = FedProx(mu=0.1).build_plan(federation, rounds=1, local_baselines=True)
+    spec = FedProx(mu=0.1).build_plan(federation, rounds=2, local_baselines=True)
     first = simulate(spec, assets)
     second = simulate(spec, assets)
     assert first.status == second.status == "done"
@@ -81,9 +83,12 @@ def test_same_seeds_give_the_same_metrics_in_process_and_in_a_subprocess(
     ]
 
     def node_runtime_for_training(workdir: Path) -> Mapping[str, Any]:
-        """Train tasks as a node runs them: the runtime in its own process."""
+        """One train task as a node runs it: the runtime in its own process."""
         task = json.loads((workdir / "task.json").read_text())["task"]
-        if task["category"] != "train" or task["worker"] != "b":
+        lane = task["metadata"].get("airfed.model")
+        if (task["category"], task["worker"], task["round"], lane) != (
+            "train", "b", 2, "federated",
+        ):
             return run_task_workdir(workdir)
         command = [sys.executable, "-m", "airfed.node_api.runtime", str(workdir)]
         subprocess.run(command, check=True, capture_output=True, timeout=300)
@@ -153,7 +158,8 @@ def test_privacy_spent_is_recorded_by_round(dataset: FederatedDataset, tmp_path:
     assert result.status == "done", result.error
     spent = result.values("epsilon")
     for round in (1, 2, 3):
-        assert set(spent[round].values()) == {pytest.approx(epsilon(1.2, round, 1e-5))}
+        expected = epsilon(1.2, round, 1e-5)
+        assert list(spent[round].values()) == [pytest.approx(expected)] * 3
 
 
 def test_an_output_not_permitted_to_the_worker_is_refused(
@@ -176,17 +182,8 @@ def test_assets_come_from_a_manifest(
     torch_federation: tuple[Federation, SimulationAssets], tmp_path: Path
 ) -> None:
     federation, assets = torch_federation
-    functions = {}
-    for key, function in assets.functions.items():
-        (tmp_path / f"{key}.json").write_text(json.dumps(dict(function.metadata)))
-        functions[key] = {"folder": str(function.folder), "metadata": f"{key}.json"}
-    manifest = {
-        "functions": functions,
-        "datasets": {k: str(v) for k, v in assets.datasets.items()},
-        "samples": {k: str(v) for k, v in assets.samples.items()},
-    }
-    (tmp_path / "assets.yaml").write_text(yaml.safe_dump(manifest))
-    loaded = load_simulation_assets(tmp_path / "assets.yaml")
+    loaded = load_simulation_assets(assets.write_manifest(tmp_path / "assets.yaml"))
+    assert loaded == assets
     spec = FedAvg().build_plan(federation, rounds=1)
     assert simulate(spec, loaded).performances == simulate(spec, assets).performances
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"samples": {"k": "absent"}}))
@@ -194,3 +191,21 @@ def test_assets_come_from_a_manifest(
         load_simulation_assets(tmp_path / "bad.yaml")
     with pytest.raises(SimulationError, match="not in the assets"):
         simulate(spec, SimulationAssets())
+
+
+def test_cli_simulates_a_plan_spec(dataset: FederatedDataset, tmp_path: Path) -> None:
+    federation, assets = local(dataset, NumpySoftmax, tmp_path / "assets")
+    spec = FedAvg().build_plan(federation, rounds=2)
+    (tmp_path / "plan.json").write_text(spec.to_json())
+    manifest = assets.write_manifest(tmp_path / "assets.yaml")
+    _load_commands()
+    runner = CliRunner()
+    arguments = ["plan", "simulate", str(tmp_path / "plan.json"), "--assets", str(manifest)]
+    outcome = runner.invoke(app, [*arguments, "--json"])
+    assert outcome.exit_code == 0, outcome.output
+    document = json.loads(outcome.stdout)
+    assert document["status"] == "done" and document["plan_key"] == spec.key
+    expected = simulate(spec, assets)
+    assert document["performances"] == [p.to_dict() for p in expected.performances]
+    table = runner.invoke(app, arguments)
+    assert table.exit_code == 0 and "accuracy" in table.stdout

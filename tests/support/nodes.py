@@ -94,14 +94,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(_STOP_TIMEOUT)
 
 
-@contextlib.contextmanager
-def start_node(
-    config_path: Path,
-    database_url: str | None = None,
-    env: Mapping[str, str] | None = None,
-) -> Iterator[RunningNode]:
-    """Run ``airfed node start --config config_path`` until the block ends."""
-    config_path = Path(config_path)
+def _launch(
+    config_path: Path, database_url: str | None, env: Mapping[str, str] | None
+) -> RunningNode:
     child_env = dict(os.environ)
     if database_url is not None:
         child_env["AIRFED_NODE_DATABASE_URL"] = database_url
@@ -115,12 +110,22 @@ def start_node(
             stderr=subprocess.STDOUT,
             env=child_env,
         )
-    node = RunningNode(load_node_config(config_path), process, log_path)
+    return RunningNode(config, process, log_path)
+
+
+@contextlib.contextmanager
+def start_node(
+    config_path: Path,
+    database_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[RunningNode]:
+    """Run ``airfed node start --config config_path`` until the block ends."""
+    node = _launch(Path(config_path), database_url, env)
     try:
         _wait_healthy(node)
         yield node
     finally:
-        _stop(process)
+        _stop(node.process)
 
 
 @contextlib.contextmanager
@@ -129,18 +134,18 @@ def start_nodes(
     orgs: Iterable[str],
     database_urls: Mapping[str, str] | None = None,
 ) -> Iterator[dict[str, RunningNode]]:
-    """Start the nodes of ``orgs``; yield them by organization."""
-    with contextlib.ExitStack() as stack:
-        nodes = {
-            org: stack.enter_context(
-                start_node(
-                    network.root / org / "node.yaml",
-                    (database_urls or {}).get(org),
-                )
-            )
-            for org in orgs
-        }
+    """Start the nodes of ``orgs`` side by side; yield them by organization."""
+    nodes: dict[str, RunningNode] = {}
+    try:
+        for org in orgs:
+            url = (database_urls or {}).get(org)
+            nodes[org] = _launch(network.root / org / "node.yaml", url, None)
+        for node in nodes.values():
+            _wait_healthy(node)
         yield nodes
+    finally:
+        for node in nodes.values():
+            _stop(node.process)
 
 
 def create_token(config_path: Path, user: str, database_url: str | None = None) -> str:
