@@ -31,6 +31,7 @@ import argparse
 import configparser
 import datetime as dt
 import json
+import os
 import platform
 import tempfile
 import time
@@ -155,7 +156,6 @@ print("PARSE=" + json.dumps({
 
 def measure_parse(workdir: Path) -> dict[str, Any]:
     """Parse time of a plan of more than 1,000 tasks, in fresh processes."""
-    import os
     import subprocess
     import sys
 
@@ -193,7 +193,9 @@ def measure_parse(workdir: Path) -> dict[str, Any]:
     return results
 
 
-def run(nodes_count: int, rounds: int, workdir: Path) -> dict[str, Any]:
+def run(
+    nodes_count: int, rounds: int, workdir: Path, *, finish_in_triggerer: bool
+) -> dict[str, Any]:
     orgs = [f"org{i}" for i in range(nodes_count)]
     network = init_network(
         workdir / "net", orgs, base_port=free_port_block(2 * nodes_count + 1)
@@ -201,7 +203,12 @@ def run(nodes_count: int, rounds: int, workdir: Path) -> dict[str, Any]:
     with (
         start_nodes(network, orgs) as nodes,
         start_orchestrator(
-            workdir / "airflow", network.root, port=free_port()
+            workdir / "airflow",
+            network.root,
+            port=free_port(),
+            extra_environment={
+                "AIRFLOW__AIRFED__FINISH_IN_TRIGGERER": str(finish_in_triggerer)
+            },
         ) as orchestrator,
     ):
         federation = register_federation(nodes, network.root, workdir / "assets")
@@ -216,6 +223,8 @@ def run(nodes_count: int, rounds: int, workdir: Path) -> dict[str, Any]:
     overhead = airflow["seconds"] - limit["seconds"]
     airflow_only = airflow["seconds"] - airflow["node_critical_path_seconds"]
     return {
+        "finish_in_triggerer": finish_in_triggerer,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "nodes": nodes_count,
         "rounds": rounds,
         "tasks": len(spec.tasks),
@@ -246,14 +255,30 @@ def main() -> None:
     parser.add_argument(
         "--parse-only", action="store_true", help="Measure DAG parsing only."
     )
+    parser.add_argument(
+        "--finish-in-triggerer",
+        action="store_true",
+        help="End successful tasks in the triggerer ([airfed] finish_in_triggerer).",
+    )
     args = parser.parse_args()
 
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     with tempfile.TemporaryDirectory(prefix="airfed-bench-") as tmp:
         results["parse_1000_task_plan"] = measure_parse(Path(tmp) / "parse")
-        measured = None if args.parse_only else run(args.nodes, args.rounds, Path(tmp))
+        measured = (
+            None
+            if args.parse_only
+            else run(
+                args.nodes,
+                args.rounds,
+                Path(tmp),
+                finish_in_triggerer=args.finish_in_triggerer,
+            )
+        )
     if measured is not None:
-        results.setdefault("runs", {})[f"{args.nodes}_nodes_{args.rounds}_rounds"] = {
+        mode = "finish_in_triggerer" if args.finish_in_triggerer else "default"
+        name = f"{args.nodes}_nodes_{args.rounds}_rounds_{mode}"
+        results.setdefault("runs", {})[name] = {
             **measured,
             "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
@@ -269,8 +294,6 @@ def main() -> None:
 
 
 def _cpus() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 

@@ -37,6 +37,7 @@ from airfed.ledger.errors import (
 )
 from airfed.ledger.log import LogWriter
 from airfed.ledger.store import LedgerStore
+from airfed.ledger.witness import Witness
 from airfed.sdk.errors import ConfigError
 from airfed.sdk.network import (
     ORCHESTRATOR_ID,
@@ -51,6 +52,7 @@ __all__ = [
     "LedgerServer",
     "LedgerServicer",
     "serve_log",
+    "serve_replica",
 ]
 
 logger = logging.getLogger(__name__)
@@ -353,3 +355,14 @@ def serve_log(
     ).start()
     servicer = LedgerServicer(network, store, writer)
     return start_server(servicer, home, address or network.ledger_address)
+
+
+def serve_replica(witness: Witness, address: str | None = None) -> LedgerServer:
+    """Serve a witness's replica read-only (entries, checkpoints, proofs).
+
+    Other partners can compare what it holds with what the log shows them.
+    The default address is the organization's ``ledger_address``.
+    """
+    org = witness.network.organization(witness.organization)
+    servicer = LedgerServicer(witness.network, witness.store, None)
+    return start_server(servicer, witness.profile, address or org.ledger_address)

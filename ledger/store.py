@@ -304,6 +304,14 @@ class LedgerStore:
         with self._read() as conn:
             return [int(s) for s in conn.execute(query).scalars()]
 
+    def cosignature_line(self, size: int, witness: str) -> str | None:
+        query = sa.select(cosignatures_table.c.line).where(
+            cosignatures_table.c.size == size, cosignatures_table.c.witness == witness
+        )
+        with self._read() as conn:
+            line = conn.execute(query).scalar()
+        return None if line is None else str(line)
+
     def latest_final_size(self, quorum: int) -> int | None:
         """The largest checkpoint size that ``quorum`` witnesses cosigned."""
         query = (

@@ -78,6 +78,7 @@ class Witness:
         workers: int | None = None,
     ) -> None:
         profile = Path(profile).resolve()
+        self.profile = profile
         self.network = load_network(profile.parent)
         self.organization = profile.name
         self.network.organization(self.organization)
@@ -317,16 +318,17 @@ class Witness:
 
     def _cosign(self, verified: VerifiedCheckpoint, fetched: int) -> SyncResult:
         checkpoint = verified.checkpoint
-        cosigned = self.store.cosigned_sizes(self.organization)
-        if cosigned and cosigned[-1] >= checkpoint.size:
+        if self.organization in verified.cosigners:
             return SyncResult(checkpoint.size, fetched, False, verified.note)
-        signature = cosign(checkpoint, self.name, self._key)
-        signed = SignedCheckpoint.parse(verified.note)
-        self.store.add_checkpoint(signed)
-        self.store.add_cosignature(
-            checkpoint.size, self.organization, signature.line()[:-1]
-        )
-        note = self.client.add_cosignature(checkpoint.size, signature.line())
+        cosigned = self.store.cosigned_sizes(self.organization)
+        if cosigned and cosigned[-1] > checkpoint.size:
+            return SyncResult(checkpoint.size, fetched, False, verified.note)
+        line = self.store.cosignature_line(checkpoint.size, self.organization)
+        if line is None:  # else: cosigned before, but the log did not get it
+            line = cosign(checkpoint, self.name, self._key).line()[:-1]
+            self.store.add_checkpoint(SignedCheckpoint.parse(verified.note))
+            self.store.add_cosignature(checkpoint.size, self.organization, line)
+        note = self.client.add_cosignature(checkpoint.size, line)
         logger.info(
             "ledger witness cosigned witness=%s size=%d",
             self.organization,

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from airfed.node_api._archive import ArchiveError
 from airfed.node_api._auth import Caller, identify
 from airfed.node_api._context import NodeContext
+from airfed.node_api._ledger import node_ledger
 from airfed.node_api._store import AssetStore
 from airfed.node_api._tasks import TaskService
 from airfed.node_api._upload import receive_multipart
@@ -127,15 +128,22 @@ def create_app(context: NodeContext, *, run_tasks: bool = True) -> FastAPI:
     """The node's app; with ``run_tasks`` its task worker runs alongside."""
     store = AssetStore(context)
     tasks = TaskService(context, store)
+    ledger = node_ledger(context)
+    if ledger is not None:
+        tasks.before_run = ledger.check_task
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if ledger is not None:
+            ledger.start()
         if run_tasks:
             tasks.start()
         try:
             yield
         finally:
             tasks.stop()
+            if ledger is not None:
+                ledger.stop()
             context.db.dispose()
 
     app = FastAPI(
@@ -147,6 +155,7 @@ def create_app(context: NodeContext, *, run_tasks: bool = True) -> FastAPI:
     )
     app.state.context = context
     app.state.tasks = tasks
+    app.state.ledger = ledger
     _install_error_handlers(app)
 
     max_bytes = int(context.config.max_upload_bytes)
@@ -162,12 +171,17 @@ def create_app(context: NodeContext, *, run_tasks: bool = True) -> FastAPI:
 def _network_routes(app: FastAPI, context: NodeContext) -> None:
     @app.get("/health")
     def health(who: Who) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "status": "ok",
             "organization": context.organization,
             "caller": who.id,
             "database": context.db.engine.dialect.name,
         }
+        if app.state.ledger is not None:
+            body["ledger"] = app.state.ledger.health()
+            if body["ledger"]["status"] == "alarm":
+                body["status"] = "alarm"
+        return body
 
     @app.get("/organizations")
     def organizations(who: Who) -> list[dict[str, Any]]:

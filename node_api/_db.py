@@ -27,7 +27,10 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from airfed.node_api.errors import Conflict, DatabaseUnavailable
 
 __all__ = [
     "ApiToken",
@@ -189,6 +192,11 @@ class Task(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+def _first_line(exc: SQLAlchemyError) -> str:
+    origin = getattr(exc, "orig", None) or exc
+    return str(origin).splitlines()[0][:300]
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -220,13 +228,30 @@ class Database:
     def migrate(self) -> None:
         from airfed.node_api.migrations import upgrade
 
-        upgrade(self.engine)
+        try:
+            upgrade(self.engine)
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(
+                f"cannot migrate the node's {self.engine.dialect.name} database: "
+                f"{_first_line(exc)}"
+            ) from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits when the block ends and rolls back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        """A session that commits when the block ends and rolls back on error.
+
+        A unique-key violation raises :class:`Conflict`; any other database
+        failure raises :class:`DatabaseUnavailable`.
+        """
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except IntegrityError as exc:
+            raise Conflict(f"the key is already taken: {_first_line(exc)}") from exc
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(
+                f"the node's database failed: {_first_line(exc)}"
+            ) from exc
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -28,6 +28,7 @@ import ssl
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,6 @@ from typing import Any
 
 import pydantic
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
 from airfed.node_api._archive import ArchiveError, safe_extract
 from airfed.node_api._auth import Caller
@@ -127,6 +127,9 @@ class TaskService:
         self._running = 0
         self._pool: ThreadPoolExecutor | None = None
         self._dispatcher: threading.Thread | None = None
+        # Called with the task key before a task is staged; raises to refuse it
+        # (the node's ledger checks that the task's plan is recorded).
+        self.before_run: Callable[[str], None] | None = None
 
     # -- API
 
@@ -155,7 +158,7 @@ class TaskService:
         try:
             with self.ctx.db.session() as session:
                 session.add(row)
-        except IntegrityError:
+        except Conflict:
             existing = self._existing(spec.key, spec_json)
             if existing is None:
                 raise
@@ -366,6 +369,8 @@ class _TaskRun:
         self.workdir.mkdir(parents=True, mode=0o700)
         staged: _Staged | None = None
         try:
+            if self.service.before_run is not None:
+                self.service.before_run(self.key)
             staged = self._stage()
             self._record_context(staged)
             if self.cancel.is_set():

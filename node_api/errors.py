@@ -10,6 +10,7 @@
           +-- NotFound              404, no such asset or task
           +-- Conflict              409, the key is taken by another asset
           +-- PayloadTooLarge       413, an upload exceeds the node's limit
+          +-- DatabaseUnavailable   503, the node's database failed
           +-- DecryptionFailed      500, stored bytes could not be decrypted
           +-- TaskFailed            500, a task could not run (message says why)
 
@@ -24,6 +25,7 @@ from airfed.sdk.errors import AirfedError
 __all__ = [
     "BadRequest",
     "Conflict",
+    "DatabaseUnavailable",
     "DecryptionFailed",
     "NodeError",
     "NotFound",
@@ -70,6 +72,11 @@ class Conflict(NodeError):
 class PayloadTooLarge(NodeError):
     status = 413
     title = "Payload too large"
+
+
+class DatabaseUnavailable(NodeError):
+    status = 503
+    title = "Database unavailable"
 
 
 class DecryptionFailed(NodeError):

@@ -8,6 +8,7 @@ The verified certificate reaches the app through :mod:`._tls`.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def uvicorn_config(context: NodeContext) -> uvicorn.Config:
         ssl_cert_reqs=ssl.CERT_REQUIRED,
         http=protocol_class(context.options.http),
         lifespan="on",
+        loop=os.environ.get("AIRFED_NODE_LOOP", "auto"),
         access_log=False,
         log_level="info",
         timeout_graceful_shutdown=10,
@@ -48,6 +50,7 @@ def serve(config_path: Path) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     config = load_node_config(Path(config_path))
     context = NodeContext.open(config)
     logger.info(

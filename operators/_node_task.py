@@ -6,6 +6,10 @@ to the node and polls it, so a waiting task holds no worker slot at all. When
 the node is done the task resumes on a worker in :meth:`execute_complete`,
 where listeners see it end, and pushes to XCom only references and hashes:
 output model keys and checksums, performances and the node's signed receipt.
+With ``[airfed] finish_in_triggerer`` a successful task ends in the
+triggerer with the same XCom and no worker at all (about two seconds less
+per task; Airflow then runs no listener for it, and refuses such DAGs while
+listeners are installed).
 Models travel from node to node, never through Airflow.
 
 With ``start_from_trigger=False`` the worker posts the task itself
@@ -26,8 +30,8 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.triggers.base import StartTriggerArgs
 
-from airfed.operators._settings import node_poll_interval
-from airfed.operators._trigger import NodeTaskTrigger, node_client_args
+from airfed.operators._settings import finish_in_triggerer, node_poll_interval
+from airfed.operators._trigger import NodeTaskTrigger, node_client_args, task_result
 from airfed.sdk.errors import NodeRequestError
 from airfed.sdk.node_client import NodeClient
 from airfed.sdk.orchestrator import task_id_for
@@ -38,36 +42,6 @@ __all__ = ["NodeTaskOperator", "task_result"]
 logger = logging.getLogger(__name__)
 
 _TRIGGER_CLASSPATH = "airfed.operators._trigger.NodeTaskTrigger"
-_RECEIPT_FIELDS = (
-    "task_key",
-    "function_hash",
-    "input_hashes",
-    "output_hashes",
-    "status",
-    "signer",
-    "signature",
-)
-
-
-def task_result(event: Mapping[str, Any]) -> dict[str, Any]:
-    """What a finished task pushes to XCom: references and hashes only."""
-    outputs = {
-        identifier: {
-            "kind": output.get("kind"),
-            "model_key": output.get("model_key"),
-            "checksum": output.get("checksum"),
-        }
-        for identifier, output in (event.get("outputs") or {}).items()
-    }
-    receipt = event.get("receipt") or {}
-    return {
-        "task_key": event["task_key"],
-        "worker": event["worker"],
-        "status": event["status"],
-        "outputs": outputs,
-        "performances": dict(event.get("performances") or {}),
-        "receipt": {k: receipt[k] for k in _RECEIPT_FIELDS if k in receipt} or None,
-    }
 
 
 class NodeTaskOperator(BaseOperator):
@@ -83,6 +57,7 @@ class NodeTaskOperator(BaseOperator):
         plan: Mapping[str, Any] | None = None,
         start_from_trigger: bool = True,
         poll_interval: float | None = None,
+        finish_in_trigger: bool | None = None,
         **kwargs: Any,
     ) -> None:
         spec = (
@@ -99,6 +74,13 @@ class NodeTaskOperator(BaseOperator):
         self.poll_interval = (
             poll_interval if poll_interval is not None else node_poll_interval()
         )
+        # Airflow refuses to bag a DAG whose tasks end in the triggerer while
+        # listeners are installed, since listeners would not see them end.
+        self.end_from_trigger = (
+            finish_in_trigger
+            if finish_in_trigger is not None
+            else finish_in_triggerer()
+        )
         self.start_trigger_args = StartTriggerArgs(
             trigger_cls=_TRIGGER_CLASSPATH,
             trigger_kwargs=self._trigger(submit=True).serialize()[1],
@@ -114,6 +96,7 @@ class NodeTaskOperator(BaseOperator):
             plan=self.plan,
             submit=submit,
             poll_interval=self.poll_interval,
+            finish_on_success=self.end_from_trigger,
         )
 
     def _node(self) -> NodeClient:
@@ -149,7 +132,7 @@ class NodeTaskOperator(BaseOperator):
             raise AirflowFailException(
                 f"task {self.task_key} {status} on node {self.worker}: {first_line}"
             )
-        result = task_result(event)
+        result: dict[str, Any] = task_result(event)
         logger.info(
             "task done task=%s node=%s outputs=%d",
             self.task_key,

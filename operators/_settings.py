@@ -4,7 +4,9 @@
 ``network`` is the folder written by ``airfed network init``, whose
 ``orchestrator/`` profile holds the TLS identity with which operators call
 nodes; ``node_poll_interval`` is the pause between two status requests to a
-node. Each is also read from ``AIRFLOW__AIRFED__<NAME>``.
+node; ``finish_in_triggerer`` ends a successful task in the triggerer
+instead of resuming it on a worker (faster, but Airflow then runs no
+listener for it). Each is also read from ``AIRFLOW__AIRFED__<NAME>``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from airflow.sdk import conf
 from airfed.sdk.network import ORCHESTRATOR_ID
 
 __all__ = [
+    "finish_in_triggerer",
     "network_folder",
     "node_poll_interval",
     "orchestrator_profile",
@@ -35,6 +38,10 @@ def orchestrator_profile() -> Path:
     """The orchestrator's profile folder: ``<network>/orchestrator``."""
     profile: Path = network_folder() / ORCHESTRATOR_ID
     return profile
+
+
+def finish_in_triggerer() -> bool:
+    return conf.getboolean("airfed", "finish_in_triggerer", fallback=False)
 
 
 def node_poll_interval() -> float:

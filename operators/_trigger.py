@@ -11,6 +11,10 @@ one event::
 ``rejected`` means the node refused the task (e.g. a permission); it will
 refuse it again. ``unreachable`` means the node could not be reached for
 ``_UNREACHABLE_AFTER`` seconds; a retry may succeed.
+
+With ``finish_on_success`` a ``done`` task ends in the triggerer
+(``TaskSuccessEvent``) with its XCom, and no worker resumes it; any other
+outcome still resumes on a worker, which raises the node's error.
 """
 
 from __future__ import annotations
@@ -20,24 +24,54 @@ import functools
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airfed.operators._settings import network_folder, orchestrator_profile
 from airfed.sdk.errors import NodeRequestError
 from airfed.sdk.network import client_ssl_context, load_network
 from airfed.sdk.node_client import AsyncNodeClient
 
-__all__ = ["FINAL_NODE_STATUSES", "NodeTaskTrigger", "node_client_args"]
+__all__ = ["FINAL_NODE_STATUSES", "NodeTaskTrigger", "node_client_args", "task_result"]
 
 logger = logging.getLogger(__name__)
 
 FINAL_NODE_STATUSES = frozenset({"done", "failed", "canceled"})
 _UNREACHABLE_AFTER = 60.0
 _CLASSPATH = "airfed.operators._trigger.NodeTaskTrigger"
+_RECEIPT_FIELDS = (
+    "task_key",
+    "function_hash",
+    "input_hashes",
+    "output_hashes",
+    "status",
+    "signer",
+    "signature",
+)
+
+
+def task_result(event: Mapping[str, Any]) -> dict[str, Any]:
+    """What a finished task pushes to XCom: references and hashes only."""
+    outputs = {
+        identifier: {
+            "kind": output.get("kind"),
+            "model_key": output.get("model_key"),
+            "checksum": output.get("checksum"),
+        }
+        for identifier, output in (event.get("outputs") or {}).items()
+    }
+    receipt = event.get("receipt") or {}
+    return {
+        "task_key": event["task_key"],
+        "worker": event["worker"],
+        "status": event["status"],
+        "outputs": outputs,
+        "performances": dict(event.get("performances") or {}),
+        "receipt": {k: receipt[k] for k in _RECEIPT_FIELDS if k in receipt} or None,
+    }
 
 
 @functools.lru_cache(maxsize=8)
@@ -87,12 +121,14 @@ class NodeTaskTrigger(BaseTrigger):
         plan: dict[str, Any] | None = None,
         submit: bool = True,
         poll_interval: float = 0.5,
+        finish_on_success: bool = False,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.task_spec = task_spec
         self.plan = plan
         self.submit = submit
         self.poll_interval = poll_interval
+        self.finish_on_success = finish_on_success
 
     @property
     def task_key(self) -> str:
@@ -110,6 +146,7 @@ class NodeTaskTrigger(BaseTrigger):
                 "plan": self.plan,
                 "submit": self.submit,
                 "poll_interval": self.poll_interval,
+                "finish_on_success": self.finish_on_success,
             },
         )
 
@@ -120,7 +157,13 @@ class NodeTaskTrigger(BaseTrigger):
             yield _event(self.task_key, self.worker, "rejected", error=str(exc))
             return
         async with AsyncNodeClient(url, ssl_context) as client:
-            yield await self._run_on(client)
+            event = await self._run_on(client)
+        if self.finish_on_success and event.payload["status"] == "done":
+            # The task ends here, successful, without resuming on a worker.
+            xcoms = {"return_value": task_result(event.payload)}
+            yield TaskSuccessEvent(xcoms=xcoms)  # type: ignore[arg-type]
+            return
+        yield event
 
     async def _run_on(self, client: AsyncNodeClient) -> TriggerEvent:
         since = time.monotonic()

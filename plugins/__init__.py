@@ -35,9 +35,20 @@ class _FastApiApps:
         ]
 
 
+class _Listeners:
+    """``AirfedPlugin.listeners``: the ledger's listener when ``[airfed] ledger``
+    is on (it writes every task run to the ledger), none otherwise."""
+
+    def __get__(self, instance: object, owner: type | None = None) -> list[Any]:
+        from airfed.plugins import listener
+
+        return [listener] if listener.ledger_enabled() else []
+
+
 class AirfedPlugin(AirflowPlugin):
     name = "airfed"
     fastapi_apps = _FastApiApps()
+    listeners = _Listeners()
     # The pages (airfed.plugins.pages), shown inside the UI in an iframe.
     external_views = [
         {

@@ -35,6 +35,8 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Request, status
 
 from airfed.operators._settings import plans_folder
 from airfed.operators._trigger import node_client_args
+from airfed.plugins import listener
+from airfed.plugins._plan_ledger import require_registered_plan
 from airfed.sdk.errors import AirfedError, NodeRequestError, SpecError
 from airfed.sdk.node_client import NodeClient
 from airfed.sdk.orchestrator import dag_id_for, dag_run_id_for, task_id_for
@@ -232,6 +234,8 @@ def submit_plan(
         dag_id = dag_id_for(spec.key)
     except AirfedError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    if listener.ledger_enabled():
+        require_registered_plan(spec)
     _store_spec(spec)
     _request_parse()
     with _airflow(request) as api:

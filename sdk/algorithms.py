@@ -55,6 +55,12 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "CONTROL",
+    "CONTROL_DELTA",
+    "DEFAULT_METRICS",
+    "METRICS_KEY",
+    "STRATEGY_KEY",
+    "TRAIN_RULES_KEY",
     "Algorithm",
     "AlgorithmError",
     "AlgorithmPackage",
@@ -66,10 +72,14 @@ __all__ = [
     "TorchAlgorithm",
     "TrainRules",
     "derive_seed",
+    "load_algorithm",
+    "merge_meta",
+    "model_epsilon",
     "package_algorithm",
     "run_aggregate",
     "run_evaluate",
     "run_train",
+    "train_round",
 ]
 
 TRAIN_RULES_KEY = "airfed.train"
@@ -355,9 +365,9 @@ class TorchAlgorithm(Algorithm):
                     loss = loss + training.proximal_mu / 2 * distance
             loss.backward()  # type: ignore[no-untyped-call,unused-ignore]
             for name, value in correction.items():
-                grad = named[name].grad
-                if grad is not None:
-                    grad.add_(value.to(grad.dtype))
+                target = named.get(name)  # buffers have no gradient
+                if target is not None and target.grad is not None:
+                    target.grad.add_(value.to(target.grad.dtype))
             optimizer.step()
 
     def predict(self, params: Arrays, data: Any) -> np.ndarray:

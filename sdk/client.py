@@ -415,8 +415,15 @@ class Client:
         return builder.compile(self.catalog())
 
     def submit(self, plan: ComputePlanBuilder | PlanSpec) -> dict[str, Any]:
-        """Check a plan and submit it in one piece; Airflow starts it at once."""
+        """Check a plan and submit it in one piece; Airflow starts it at once.
+
+        The plan is first registered on the ledger, signed by this profile's
+        organization (its creator): nodes run only tasks of recorded plans.
+        """
+        from airfed.sdk._ledger import register_plan
+
         spec = self.compile(plan)
+        register_plan(self.profile.directory, spec)
         answer = self.orchestrator().submit_plan(spec)
         logger.info("plan submitted plan=%s tasks=%d", spec.key, len(spec.tasks))
         return dict(answer)

@@ -88,19 +88,29 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
 
 
-def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+def _binary_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney U) statistic,
+    ties counted half, as ``sklearn.metrics.roc_auc_score`` computes it."""
+    from scipy.stats import rankdata
 
+    ranks = rankdata(scores)
+    count = int(positive.sum())
+    negatives = len(positive) - count
+    u = float(ranks[positive].sum()) - count * (count + 1) / 2
+    return u / (count * negatives)
+
+
+def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     if len(np.unique(labels)) < 2:
         return 0.5
     if probabilities.shape[1] == 2:
-        return float(roc_auc_score(labels, probabilities[:, 1]))
+        return _binary_auc(labels == 1, probabilities[:, 1])
     scores = [
-        float(roc_auc_score(labels == k, probabilities[:, k]))
+        _binary_auc(labels == k, probabilities[:, k])
         for k in range(probabilities.shape[1])
         if 0 < int(np.sum(labels == k)) < len(labels)
     ]
-    return float(np.mean(scores)) if scores else 0.5
+    return float(np.mean(scores))
 
 
 def _num_samples(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -35,7 +35,6 @@ from airfed.sdk.spec import TaskSpec
 __all__ = ["CHECKSUM_HEADER", "AsyncNodeClient", "NodeClient"]
 
 CHECKSUM_HEADER = "X-Airfed-Checksum"
-_DOWNLOAD_CHUNK = 1024 * 1024
 _TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
@@ -291,7 +290,7 @@ class NodeClient:
                 if response.status_code >= 400:
                     response.read()
                     _raise_for_problem(response)
-                for chunk in response.iter_raw(_DOWNLOAD_CHUNK):
+                for chunk in response.iter_raw():
                     target.write(chunk)
                 expected = response.headers.get(CHECKSUM_HEADER)
         except httpx.HTTPError as exc:
@@ -443,7 +442,7 @@ class AsyncNodeClient:
                 if response.status_code >= 400:
                     await response.aread()
                     _raise_for_problem(response)
-                async for chunk in response.aiter_raw(_DOWNLOAD_CHUNK):
+                async for chunk in response.aiter_raw():
                     target.write(chunk)
                 expected = response.headers.get(CHECKSUM_HEADER)
         except httpx.HTTPError as exc:

@@ -16,7 +16,7 @@ on this machine and on loopback only:
    every node, builds a plan with the chosen strategy (Federated Averaging
    by default) plus each organization's local-only baseline, submits it, and
    follows it round by round;
-5. collects the accuracy and ROC AUC of every round, federated model
+5. collects the accuracy of every round, federated model
    against local-only models, and stops everything it started, also on
    Ctrl-C and on errors.
 
@@ -86,7 +86,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR = Path("airfed-work")
 QUICKSTART_FILE = "quickstart.json"
-METRICS = ("accuracy", "roc_auc")
+METRICS = ("accuracy",)
 MAX_NODES = 20
 _OWN_ENTRIES = ("network", "airflow", "data", "function", "logs", QUICKSTART_FILE)
 _DATA_SET = "breast_cancer"
@@ -252,14 +252,14 @@ def _write_data(
 
 def _algorithm_for(strategy: Strategy) -> type[Algorithm]:
     from airfed.sdk._quickstart_models import (
-        BreastCancerLinear,
-        BreastCancerTorchLinear,
+        BreastCancerLogistic,
+        BreastCancerTorchLogistic,
     )
 
     rules = strategy.train_rules(None)
     if rules.proximal_mu > 0 or rules.scaffold:
-        return BreastCancerTorchLinear
-    return BreastCancerLinear
+        return BreastCancerTorchLogistic
+    return BreastCancerLogistic
 
 
 def _register_dataset(

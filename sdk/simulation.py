@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,15 +378,20 @@ def prepare_local_federation(
     *,
     creator: str | None = None,
     differential_privacy: bool = False,
+    extra_files: Sequence[Path] = (),
 ) -> tuple[Federation, SimulationAssets]:
     """Write ``dataset`` and ``algorithm`` under ``folder`` as local assets.
 
     Returns the federation (with fresh keys) that a strategy builds a plan
-    from, and the assets that :func:`simulate` runs it with.
+    from, and the assets that :func:`simulate` runs it with. ``extra_files``
+    go into the function folder (a module that defines your own strategy).
     """
     folder = Path(folder)
     package = package_algorithm(
-        algorithm, folder / "function", differential_privacy=differential_privacy
+        algorithm,
+        folder / "function",
+        differential_privacy=differential_privacy,
+        extra_files=extra_files,
     )
     keys = {name: str(uuid.uuid4()) for name in ("train", "aggregate", "evaluate")}
     assets = SimulationAssets(

@@ -16,7 +16,7 @@ from airfed.ledger.client import LedgerClient
 from airfed.ledger.entries import parse_entry
 from airfed.ledger.errors import EntryError, LedgerError
 from airfed.ledger.evidence import prove_entry
-from airfed.ledger.server import serve_log
+from airfed.ledger.server import serve_log, serve_replica
 from airfed.ledger.store import LedgerStore, StoredEntry
 from airfed.ledger.witness import Witness
 from airfed.sdk.cli._apps import ledger_app
@@ -88,6 +88,13 @@ def ledger_witness(
     ] = None,
     interval: Annotated[float, typer.Option(help="Seconds between syncs.")] = 1.0,
     once: Annotated[bool, typer.Option(help="Sync once and exit.")] = False,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            help="Serve the replica read-only on the organization's "
+            "ledger address from network.yaml."
+        ),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Replicate the log, check it and cosign its checkpoints."""
@@ -105,6 +112,7 @@ def ledger_witness(
                         f"{'cosigned' if result.cosigned else 'already cosigned'}"
                     )
                 return
+            replica = serve_replica(witness) if serve else None
             stop = threading.Event()
             runner = threading.Thread(target=witness.run, args=(stop, interval))
             runner.start()
@@ -113,6 +121,8 @@ def ledger_witness(
             finally:
                 stop.set()
                 runner.join()
+                if replica is not None:
+                    replica.stop()
         finally:
             witness.close()
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from airfed.ledger.checkpoint import SignedCheckpoint
 from airfed.ledger.client import LedgerClient
-from airfed.ledger.errors import NotRecordedError, SplitViewError
+from airfed.ledger.errors import LedgerError, NotRecordedError, SplitViewError
 from airfed.ledger.evidence import prove_entry, verify_plan_recorded
-from airfed.ledger.server import LedgerServer, serve_log
+from airfed.ledger.server import LedgerServer, serve_log, serve_replica
 from airfed.ledger.witness import Witness
 from airfed.sdk.network import Network
 from tests.ledger.conftest import Authors
@@ -64,6 +65,16 @@ def test_witnesses_cosign_and_make_the_plan_final(
         b_client.append(authors.many(5, org="b"))
         grown = witness_b.sync()
         assert grown.size == 13 and grown.fetched == 5 and grown.cosigned
+        replica = serve_replica(witness_b)
+        try:
+            with _client(network, "c", replica.address) as reader:
+                served = SignedCheckpoint.parse(reader.latest_checkpoint())
+                assert served.checkpoint.size == 13
+                assert len(reader.entries(0, 13)) == 13
+                with pytest.raises(LedgerError, match="read-only"):
+                    reader.append(authors.many(1, org="c"))
+        finally:
+            replica.stop()
         witness_b.close()
         witness_c.close()
 

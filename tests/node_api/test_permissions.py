@@ -49,6 +49,7 @@ def setup(network: Network, database_url: str, tmp_path: Path) -> Iterator[Setup
             )
             client.submit_task(spec)
             task = wait_task(client, spec["key"])
+        assert task["status"] == "done", task
         model = task["outputs"]["model"]
         yield Setup(node, network, model["model_key"], model["checksum"], alice, bob)
 

@@ -157,3 +157,36 @@ async def test_trigger_reports_a_task_the_node_refuses(
 
     assert event["status"] in ("rejected", "failed")
     assert event["error"]
+
+
+def test_finishing_in_the_triggerer_is_a_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _operator().end_from_trigger is False
+    monkeypatch.setenv("AIRFLOW__AIRFED__FINISH_IN_TRIGGERER", "True")
+
+    operator = _operator()
+
+    assert operator.end_from_trigger is True
+    assert operator.start_trigger_args.trigger_kwargs["finish_on_success"] is True
+
+
+async def test_trigger_can_end_a_done_task_with_its_xcom(
+    federation: tuple[Federation, dict[str, RunningNode]],
+) -> None:
+    from airflow.triggers.base import TaskSuccessEvent
+
+    from airfed.operators import NodeTaskTrigger
+
+    fed, _ = federation
+    spec = fed.plan(rounds=1)
+    task = spec.tasks[0].model_dump(mode="json")
+    trigger = NodeTaskTrigger(task, None, poll_interval=0.1, finish_on_success=True)
+
+    events = [event async for event in trigger.run()]
+
+    (event,) = events
+    assert isinstance(event, TaskSuccessEvent)
+    result = event.xcoms["return_value"]
+    assert result["status"] == "done"
+    assert set(result["outputs"]["model"]) == {"kind", "model_key", "checksum"}

@@ -19,9 +19,14 @@ class NumpySoftmax(NumpyAlgorithm):
     features = 30
 
     def initial_params(self) -> Arrays:
-        return {"w": np.zeros((self.features, self.classes)), "b": np.zeros(self.classes)}
+        return {
+            "w": np.zeros((self.features, self.classes)),
+            "b": np.zeros(self.classes),
+        }
 
-    def local_update(self, params: Arrays, data: Any, rng: np.random.Generator) -> Arrays:
+    def local_update(
+        self, params: Arrays, data: Any, rng: np.random.Generator
+    ) -> Arrays:
         x, y = np.asarray(data[0], dtype=np.float64), np.asarray(data[1])
         for _ in range(self.local_steps):
             batch = rng.choice(len(y), size=min(16, len(y)), replace=False)

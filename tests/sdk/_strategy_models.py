@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from airfed.sdk.algorithms import SklearnAlgorithm, TorchAlgorithm

@@ -86,15 +86,25 @@ def test_torch_training_is_deterministic_and_carries_local_state(data: Any) -> N
     shared = ModelState(algorithm.initial_params())
     assert ModelState(algorithm.initial_params()).to_bytes() == shared.to_bytes()
     rules = TrainRules()
-    one, local = train_round(algorithm, shared, None, data, rules, organization="a", round=1)
-    again, _ = train_round(algorithm, shared, None, data, rules, organization="a", round=1)
+    one, local = train_round(
+        algorithm, shared, None, data, rules, organization="a", round=1
+    )
+    again, _ = train_round(
+        algorithm, shared, None, data, rules, organization="a", round=1
+    )
     assert one.to_bytes() == again.to_bytes()
     assert one.meta == {"num_samples": len(data[1])}
-    other, _ = train_round(algorithm, shared, None, data, rules, organization="b", round=1)
+    other, _ = train_round(
+        algorithm, shared, None, data, rules, organization="b", round=1
+    )
     assert other.to_bytes() != one.to_bytes()
     # With last round's local state, the sampler continues instead of restarting.
-    resumed, _ = train_round(algorithm, shared, local, data, rules, organization="a", round=2)
-    fresh, _ = train_round(algorithm, shared, None, data, rules, organization="a", round=2)
+    resumed, _ = train_round(
+        algorithm, shared, local, data, rules, organization="a", round=2
+    )
+    fresh, _ = train_round(
+        algorithm, shared, None, data, rules, organization="a", round=2
+    )
     assert resumed.to_bytes() != fresh.to_bytes()
 
 
@@ -103,8 +113,13 @@ def test_fedprox_keeps_the_local_model_near_the_global_one(data: Any) -> None:
     shared = ModelState(algorithm.initial_params())
 
     def distance(rules: TrainRules) -> float:
-        out, _ = train_round(algorithm, shared, None, data, rules, organization="a", round=1)
-        return sum(float(np.sum((out.params[k] - shared.params[k]) ** 2)) for k in shared.params)
+        out, _ = train_round(
+            algorithm, shared, None, data, rules, organization="a", round=1
+        )
+        return sum(
+            float(np.sum((out.params[k] - shared.params[k]) ** 2))
+            for k in shared.params
+        )
 
     assert distance(TrainRules(proximal_mu=10.0)) < 0.8 * distance(TrainRules())
 
@@ -117,9 +132,13 @@ class Shift(Algorithm):
     def initial_params(self) -> Arrays:
         return {"w": np.zeros(2)}
 
-    def fit(self, params: Arrays, local: bytes | None, data: Any, training: LocalTraining) -> LocalUpdate:
+    def fit(
+        self, params: Arrays, local: bytes | None, data: Any, training: LocalTraining
+    ) -> LocalUpdate:
         self.correction = training.correction
-        return LocalUpdate({"w": params["w"] - 1.0}, b"kept", steps=2, learning_rate=0.5)
+        return LocalUpdate(
+            {"w": params["w"] - 1.0}, b"kept", steps=2, learning_rate=0.5
+        )
 
     def predict(self, params: Arrays, data: Any) -> np.ndarray:
         return np.tile([0.5, 0.5], (len(data[1]), 1))
@@ -130,13 +149,17 @@ def test_scaffold_updates_the_client_control_variate() -> None:
     shared = ModelState({"w": np.zeros(2)}, {CONTROL: {"w": np.array([0.25, 0.0])}})
     algorithm = Shift()
     rules = TrainRules(scaffold=True)
-    out, local = train_round(algorithm, shared, None, data, rules, organization="a", round=1)
+    out, local = train_round(
+        algorithm, shared, None, data, rules, organization="a", round=1
+    )
     np.testing.assert_allclose(algorithm.correction["w"], [0.25, 0.0])
     # c_i+ = c_i - c + (x - y) / (K * lr) = 0 - c + 1 / (2 * 0.5)
     np.testing.assert_allclose(local.groups["client_control"]["w"], [0.75, 1.0])
     np.testing.assert_allclose(out.groups[CONTROL_DELTA]["w"], [0.75, 1.0])
     assert local.params["algorithm"].tobytes() == b"kept"
-    _, second = train_round(algorithm, shared, local, data, rules, organization="a", round=2)
+    _, second = train_round(
+        algorithm, shared, local, data, rules, organization="a", round=2
+    )
     np.testing.assert_allclose(algorithm.correction["w"], [0.25 - 0.75, -1.0])
     # c_i+ = c_i - c + 1 = [0.75 - 0.25 + 1, 1 - 0 + 1]
     np.testing.assert_allclose(second.groups["client_control"]["w"], [1.5, 2.0])
@@ -150,8 +173,12 @@ def test_privacy_clips_the_update_and_counts_steps() -> None:
     assert np.linalg.norm(out.params["w"]) == pytest.approx(0.5)
     assert out.meta["dp_steps"] == {"a": 1, "b": 3}
     noisy = TrainRules(privacy=DifferentialPrivacy(clip_norm=0.5, noise_multiplier=1.0))
-    first, _ = train_round(Shift(), shared, None, data, noisy, organization="a", round=1)
-    second, _ = train_round(Shift(), shared, None, data, noisy, organization="a", round=1)
+    first, _ = train_round(
+        Shift(), shared, None, data, noisy, organization="a", round=1
+    )
+    second, _ = train_round(
+        Shift(), shared, None, data, noisy, organization="a", round=1
+    )
     assert first.to_bytes() == second.to_bytes()
     assert np.linalg.norm(first.params["w"]) != pytest.approx(0.5)
 
@@ -159,28 +186,40 @@ def test_privacy_clips_the_update_and_counts_steps() -> None:
 def test_sklearn_and_numpy_algorithms_train_and_predict(data: Any) -> None:
     for algorithm in (TinySgd(), NumpySoftmax()):
         shared = ModelState(algorithm.initial_params())
-        out, local = train_round(algorithm, shared, None, data, TrainRules(), organization="a", round=1)
-        again, _ = train_round(algorithm, out, local, data, TrainRules(), organization="a", round=2)
+        out, local = train_round(
+            algorithm, shared, None, data, TrainRules(), organization="a", round=1
+        )
+        again, _ = train_round(
+            algorithm, out, local, data, TrainRules(), organization="a", round=2
+        )
         probabilities = algorithm.predict(again.params, data)
         assert probabilities.shape == (len(data[1]), 2)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
         assert np.mean(probabilities.argmax(axis=1) == data[1]) > 0.85
 
 
-def test_package_writes_a_function_folder_with_three_entrypoints(tmp_path: Path) -> None:
-    package = package_algorithm(TinyLogistic, tmp_path / "fn", differential_privacy=True)
+def test_package_writes_a_function_folder_with_three_entrypoints(
+    tmp_path: Path,
+) -> None:
+    package = package_algorithm(
+        TinyLogistic, tmp_path / "fn", differential_privacy=True
+    )
     entry = package.train["entrypoint"].split(":")[0]
     assert (tmp_path / "fn" / "_strategy_models.py").is_file()
     source = (tmp_path / "fn" / f"{entry}.py").read_text()
     assert "from _strategy_models import TinyLogistic" in source
     assert [f["entrypoint"].split(":")[1] for f in package.functions.values()] == [
-        "train", "aggregate", "evaluate",
+        "train",
+        "aggregate",
+        "evaluate",
     ]
     assert package.metrics == ("accuracy", "roc_auc", "loss", "epsilon")
     outputs = {o["identifier"]: o["kind"] for o in package.evaluate["outputs"]}
     assert outputs == dict.fromkeys(package.metrics, "performance")
     inputs = {i["identifier"]: i for i in package.train["inputs"]}
-    assert inputs["datasamples"]["kind"] == "datasamples" and inputs["local"]["optional"]
+    assert (
+        inputs["datasamples"]["kind"] == "datasamples" and inputs["local"]["optional"]
+    )
     assert package.train["permissions"]["process"]["public"] is True
     json.dumps(package.functions)
 
@@ -191,3 +230,21 @@ def test_package_refuses_a_nested_class(tmp_path: Path) -> None:
 
     with pytest.raises(AlgorithmError, match="top level"):
         package_algorithm(Inner, tmp_path)
+
+
+class WithBatchNorm(TinyLogistic):
+    """A model with buffers (running statistics, a counter)."""
+
+    def build_model(self) -> Any:
+        import torch
+
+        return torch.nn.Sequential(torch.nn.BatchNorm1d(30), torch.nn.Linear(30, 2))
+
+
+def test_scaffold_and_fedprox_leave_buffers_alone(data: Any) -> None:
+    algorithm = WithBatchNorm()
+    shared = ModelState(algorithm.initial_params())
+    rules = TrainRules(scaffold=True, proximal_mu=0.1)
+    out, local = train_round(algorithm, shared, None, data, rules, organization="a", round=1)
+    assert int(out.params["0.num_batches_tracked"]) == algorithm.local_steps
+    assert "0.running_mean" in local.groups["client_control"]

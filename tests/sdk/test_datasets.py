@@ -28,7 +28,11 @@ def test_load_dataset_shapes_and_scaling() -> None:
     x, y = load_dataset("breast_cancer")
     assert x.shape == (569, 30) and set(np.unique(y)) == {0, 1}
     digits, labels = load_dataset("digits")
-    assert digits.shape == (1797, 64) and digits.max() == 1.0 and len(np.unique(labels)) == 10
+    assert (
+        digits.shape == (1797, 64)
+        and digits.max() == 1.0
+        and len(np.unique(labels)) == 10
+    )
     with pytest.raises(DatasetError, match="unknown data set"):
         load_dataset("mnist")
 
@@ -70,7 +74,9 @@ def test_partition_refuses_impossible_settings() -> None:
 
 
 def test_federated_dataset_holds_out_a_test_part_per_organization() -> None:
-    data = make_federated_dataset("breast_cancer", ["a", "b", "c"], scheme="dirichlet", seed=4)
+    data = make_federated_dataset(
+        "breast_cancer", ["a", "b", "c"], scheme="dirichlet", seed=4
+    )
     assert data.organizations == ("a", "b", "c") and data.num_classes == 2
     for split in data.splits:
         total = len(split.y_train) + len(split.y_test)
@@ -79,8 +85,13 @@ def test_federated_dataset_holds_out_a_test_part_per_organization() -> None:
     x_test, _ = data.pooled_test()
     assert len(y_train) + len(x_test) == 569
     np.testing.assert_allclose(x_train.mean(axis=0), 0, atol=1e-4)
-    same = make_federated_dataset("breast_cancer", ["a", "b", "c"], scheme="dirichlet", seed=4)
-    assert all(np.array_equal(s.x_test, t.x_test) for s, t in zip(data.splits, same.splits, strict=True))
+    same = make_federated_dataset(
+        "breast_cancer", ["a", "b", "c"], scheme="dirichlet", seed=4
+    )
+    assert all(
+        np.array_equal(s.x_test, t.x_test)
+        for s, t in zip(data.splits, same.splits, strict=True)
+    )
 
 
 def test_sample_folders_read_back_through_the_opener(tmp_path: Path) -> None:
@@ -91,8 +102,10 @@ def test_sample_folders_read_back_through_the_opener(tmp_path: Path) -> None:
     namespace: dict[str, object] = {}
     exec(compile(OPENER_SOURCE, "opener.py", "exec"), namespace)  # noqa: S102
     x, y = namespace["load"]([train, test])  # type: ignore[operator]
+    np.testing.assert_array_equal(x, np.concatenate([split.x_train, split.x_test]))
     np.testing.assert_array_equal(y, np.concatenate([split.y_train, split.y_test]))
     x_test, y_test = read_samples([test])
     np.testing.assert_array_equal(x_test, split.x_test)
+    np.testing.assert_array_equal(y_test, split.y_test)
     with pytest.raises(DatasetError, match=r"no data\.npz"):
         read_samples([tmp_path])

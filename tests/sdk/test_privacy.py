@@ -8,11 +8,18 @@ from opacus.accountants import RDPAccountant
 
 from airfed.sdk.algorithms import model_epsilon
 from airfed.sdk.model_state import ModelState
-from airfed.sdk.privacy import DifferentialPrivacy, PrivacyError, clip_and_noise, epsilon
+from airfed.sdk.privacy import (
+    DifferentialPrivacy,
+    PrivacyError,
+    clip_and_noise,
+    epsilon,
+)
 
 
 def norm(arrays: dict[str, np.ndarray]) -> float:
-    return float(np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in arrays.values())))
+    return float(
+        np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in arrays.values()))
+    )
 
 
 def test_clipping_scales_large_updates_and_leaves_small_ones() -> None:
@@ -46,15 +53,23 @@ def test_epsilon_comes_from_opacus_rdp_accountant() -> None:
 
 def test_model_epsilon_is_the_largest_over_organizations() -> None:
     privacy = DifferentialPrivacy(noise_multiplier=1.5, delta=1e-4)
-    model = ModelState({}, {}, {"privacy": privacy.to_dict(), "dp_steps": {"a": 2, "b": 5}})
+    model = ModelState(
+        {}, {}, {"privacy": privacy.to_dict(), "dp_steps": {"a": 2, "b": 5}}
+    )
     assert model_epsilon(model) == pytest.approx(epsilon(1.5, 5, 1e-4))
     assert model_epsilon(ModelState({})) is None
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
-    [({"clip_norm": 0}, "clip_norm"), ({"noise_multiplier": -1}, "noise"), ({"delta": 1}, "delta")],
+    [
+        ({"clip_norm": 0}, "clip_norm"),
+        ({"noise_multiplier": -1}, "noise"),
+        ({"delta": 1}, "delta"),
+    ],
 )
-def test_settings_out_of_range_are_refused(fields: dict[str, float], message: str) -> None:
+def test_settings_out_of_range_are_refused(
+    fields: dict[str, float], message: str
+) -> None:
     with pytest.raises(PrivacyError, match=message):
         DifferentialPrivacy(**fields)

@@ -14,8 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from airfed.node_api.runtime import run_task_workdir
-from airfed.sdk.cli import _load_commands, app
 from airfed.sdk.algorithms import Algorithm
+from airfed.sdk.cli import _load_commands, app
 from airfed.sdk.datasets import FederatedDataset, make_federated_dataset
 from airfed.sdk.evaluation import Evaluation
 from airfed.sdk.privacy import DifferentialPrivacy, epsilon
@@ -27,7 +27,7 @@ from airfed.sdk.simulation import (
     simulate,
 )
 from airfed.sdk.spec import Permissions
-from airfed.sdk.strategies import STRATEGIES, FedAvg, FedProx, Federation, make_strategy
+from airfed.sdk.strategies import STRATEGIES, FedAvg, Federation, FedProx, make_strategy
 from tests.sdk._numpy_models import NumpySoftmax
 from tests.sdk._strategy_models import Failing, TinyLogistic, TinySgd
 
@@ -87,7 +87,10 @@ def test_same_seeds_give_the_same_metrics_in_process_and_in_a_subprocess(
         task = json.loads((workdir / "task.json").read_text())["task"]
         lane = task["metadata"].get("airfed.model")
         if (task["category"], task["worker"], task["round"], lane) != (
-            "train", "b", 2, "federated",
+            "train",
+            "b",
+            2,
+            "federated",
         ):
             return run_task_workdir(workdir)
         command = [sys.executable, "-m", "airfed.node_api.runtime", str(workdir)]
@@ -111,7 +114,10 @@ def test_local_baselines_are_reported_per_organization(
     result = simulate(spec, assets)
     assert result.status == "done", result.error
     assert sorted({p.model for p in result.performances}) == [
-        "federated", "local:a", "local:b", "local:c",
+        "federated",
+        "local:a",
+        "local:b",
+        "local:c",
     ]
     for model in ("federated", "local:a"):
         assert sorted(result.values("accuracy", model)[2]) == ORGS
@@ -150,8 +156,12 @@ def test_a_failing_task_stops_the_plan_and_is_named(
     assert not any(t.round == 3 for t in spec.tasks if t.key in result.task_status)
 
 
-def test_privacy_spent_is_recorded_by_round(dataset: FederatedDataset, tmp_path: Path) -> None:
-    federation, assets = local(dataset, NumpySoftmax, tmp_path, differential_privacy=True)
+def test_privacy_spent_is_recorded_by_round(
+    dataset: FederatedDataset, tmp_path: Path
+) -> None:
+    federation, assets = local(
+        dataset, NumpySoftmax, tmp_path, differential_privacy=True
+    )
     privacy = DifferentialPrivacy(clip_norm=1.0, noise_multiplier=1.2, delta=1e-5)
     spec = FedAvg().build_plan(federation, rounds=3, privacy=privacy)
     result = simulate(spec, assets)
@@ -171,8 +181,12 @@ def test_an_output_not_permitted_to_the_worker_is_refused(
     tasks = []
     for task in spec.tasks:
         if task.category == "train" and task.worker == "b":
-            closed = task.outputs["shared"].model_copy(update={"permissions": Permissions()})
-            task = task.model_copy(update={"outputs": {**task.outputs, "shared": closed}})
+            closed = task.outputs["shared"].model_copy(
+                update={"permissions": Permissions()}
+            )
+            task = task.model_copy(
+                update={"outputs": {**task.outputs, "shared": closed}}
+            )
         tasks.append(task)
     with pytest.raises(SimulationError, match="not permitted to a"):
         simulate(spec.model_copy(update={"tasks": tuple(tasks)}), assets)
@@ -200,7 +214,13 @@ def test_cli_simulates_a_plan_spec(dataset: FederatedDataset, tmp_path: Path) ->
     manifest = assets.write_manifest(tmp_path / "assets.yaml")
     _load_commands()
     runner = CliRunner()
-    arguments = ["plan", "simulate", str(tmp_path / "plan.json"), "--assets", str(manifest)]
+    arguments = [
+        "plan",
+        "simulate",
+        str(tmp_path / "plan.json"),
+        "--assets",
+        str(manifest),
+    ]
     outcome = runner.invoke(app, [*arguments, "--json"])
     assert outcome.exit_code == 0, outcome.output
     document = json.loads(outcome.stdout)

@@ -46,12 +46,17 @@ ORGS = ("a", "b", "c")
 FUNCTIONS = AlgorithmFunctions("f-train", "f-aggregate", "f-evaluate")
 
 
-def federation(aggregator: str | None = None, metrics: tuple[str, ...] = ()) -> Federation:
+def federation(
+    aggregator: str | None = None, metrics: tuple[str, ...] = ()
+) -> Federation:
     functions = FUNCTIONS
     if metrics:
         functions = AlgorithmFunctions("f-train", "f-aggregate", "f-evaluate", metrics)
     return Federation(
-        tuple(OrganizationData(o, f"ds-{o}", (f"train-{o}",), (f"test-{o}",)) for o in ORGS),
+        tuple(
+            OrganizationData(o, f"ds-{o}", (f"train-{o}",), (f"test-{o}",))
+            for o in ORGS
+        ),
         functions,
         creator="a",
         aggregator=aggregator,
@@ -59,21 +64,31 @@ def federation(aggregator: str | None = None, metrics: tuple[str, ...] = ()) -> 
 
 
 def state(n: int = 0, **arrays: list[float]) -> ModelState:
-    return ModelState({k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, {}, {"num_samples": n})
+    return ModelState(
+        {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()},
+        {},
+        {"num_samples": n},
+    )
 
 
 # --- aggregation on known numbers -----------------------------------------------------
 
 
 def test_fedavg_weights_updates_by_number_of_samples() -> None:
-    model, server = FedAvg().aggregate([state(1, w=[1, 2]), state(3, w=[3, 6])], None, None)
+    model, server = FedAvg().aggregate(
+        [state(1, w=[1, 2]), state(3, w=[3, 6])], None, None
+    )
     np.testing.assert_allclose(model.params["w"], [2.5, 5.0])
     assert server is None
 
 
 def test_fedavg_keeps_integer_counters_and_dtypes() -> None:
-    first = ModelState({"w": np.array([1.0], np.float32), "n": np.array(4)}, {}, {"num_samples": 1})
-    second = ModelState({"w": np.array([3.0], np.float32), "n": np.array(9)}, {}, {"num_samples": 1})
+    first = ModelState(
+        {"w": np.array([1.0], np.float32), "n": np.array(4)}, {}, {"num_samples": 1}
+    )
+    second = ModelState(
+        {"w": np.array([3.0], np.float32), "n": np.array(9)}, {}, {"num_samples": 1}
+    )
     model, _ = FedAvg().aggregate([first, second], None, None)
     assert model.params["w"].dtype == np.float32
     np.testing.assert_allclose(model.params["w"], [2.0])
@@ -89,8 +104,12 @@ def test_fedprox_aggregates_like_fedavg_and_asks_for_a_proximal_term() -> None:
 def test_scaffold_moves_model_and_server_control() -> None:
     previous = ModelState({"w": np.zeros(2)}, {CONTROL: {"w": np.zeros(2)}})
     updates = [
-        ModelState({"w": np.array([1.0, 1.0])}, {CONTROL_DELTA: {"w": np.array([0.5, 0.0])}}),
-        ModelState({"w": np.array([3.0, 1.0])}, {CONTROL_DELTA: {"w": np.array([0.5, 1.0])}}),
+        ModelState(
+            {"w": np.array([1.0, 1.0])}, {CONTROL_DELTA: {"w": np.array([0.5, 0.0])}}
+        ),
+        ModelState(
+            {"w": np.array([3.0, 1.0])}, {CONTROL_DELTA: {"w": np.array([0.5, 1.0])}}
+        ),
     ]
     model, _ = Scaffold().aggregate(updates, previous, None)
     np.testing.assert_allclose(model.params["w"], [2.0, 1.0])
@@ -108,7 +127,9 @@ def test_scaffold_moves_model_and_server_control() -> None:
         (FedAdagrad(server_learning_rate=0.5), 1e-6 + 4),
     ],
 )
-def test_server_optimizers_take_one_step(strategy: Strategy, second_moment: float) -> None:
+def test_server_optimizers_take_one_step(
+    strategy: Strategy, second_moment: float
+) -> None:
     # Mean of the updates is 3, the model is 1: pseudo-gradient 2.
     updates = [state(1, w=[2.0]), state(1, w=[4.0])]
     model, server = strategy.aggregate(updates, state(w=[1.0]), None)
@@ -126,7 +147,9 @@ def test_fedadam_carries_its_moments_between_rounds() -> None:
     again, _ = strategy.aggregate([state(1, w=[1.0])], model, server)
     m = 0.9 * 0.1 + 0.1 * (1.0 - model.params["w"][0])
     v = 0.99 * server.groups["v"]["w"][0] + 0.01 * (1.0 - model.params["w"][0]) ** 2
-    np.testing.assert_allclose(again.params["w"], model.params["w"] + m / (np.sqrt(v) + 1e-3))
+    np.testing.assert_allclose(
+        again.params["w"], model.params["w"] + m / (np.sqrt(v) + 1e-3)
+    )
 
 
 def test_fedmedian_takes_the_coordinate_median() -> None:
@@ -154,7 +177,9 @@ def test_krum_keeps_the_update_closest_to_its_neighbours() -> None:
 
 
 @pytest.mark.parametrize("strategy", [Cyclic(), RandomWalk(), SingleOrganization()])
-def test_strategies_that_pass_a_model_along_do_not_aggregate(strategy: Strategy) -> None:
+def test_strategies_that_pass_a_model_along_do_not_aggregate(
+    strategy: Strategy,
+) -> None:
     with pytest.raises(StrategyError, match="does not aggregate"):
         strategy.aggregate([state(1, w=[1])], None, None)
 
@@ -178,11 +203,19 @@ def by_round(spec: PlanSpec, category: str) -> dict[int, list[TaskSpec]]:
 
 
 def parents(task: TaskSpec, identifier: str) -> list[tuple[str | None, str | None]]:
-    return [(r.parent_task_key, r.parent_output) for r in task.inputs if r.identifier == identifier]
+    return [
+        (r.parent_task_key, r.parent_output)
+        for r in task.inputs
+        if r.identifier == identifier
+    ]
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedmedian", "trimmed_mean", "krum"])
-def test_fedavg_like_plans_train_everywhere_and_aggregate_once_per_round(name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["fedavg", "fedprox", "fedmedian", "trimmed_mean", "krum"]
+)
+def test_fedavg_like_plans_train_everywhere_and_aggregate_once_per_round(
+    name: str,
+) -> None:
     spec = make_strategy(name).build_plan(federation(aggregator="b"), rounds=2)
     (initial,) = by_round(spec, "aggregate")[0]
     assert (initial.worker, initial.rank, initial.inputs) == ("b", 0, ())
@@ -195,7 +228,9 @@ def test_fedavg_like_plans_train_everywhere_and_aggregate_once_per_round(name: s
         (aggregate,) = aggregates[round]
         assert aggregate.worker == "b"
         assert aggregate.rank == 2 * round
-        assert {p for p, _ in parents(aggregate, "models")} == {t.key for t in trains[round]}
+        assert {p for p, _ in parents(aggregate, "models")} == {
+            t.key for t in trains[round]
+        }
         assert parents(aggregate, "previous") == []
         for train in trains[round]:
             assert train.rank == 2 * round - 1
@@ -203,10 +238,14 @@ def test_fedavg_like_plans_train_everywhere_and_aggregate_once_per_round(name: s
             readers = train.outputs["shared"].permissions.process.authorized_ids
             assert readers == tuple(dict.fromkeys([train.worker, "b"]))
             local = train.outputs["local"]
-            assert local.transient and local.permissions.process.authorized_ids == (train.worker,)
+            assert local.transient and local.permissions.process.authorized_ids == (
+                train.worker,
+            )
             assert json.loads(train.metadata["airfed.train"])["lane"] == "federated"
         assert sorted(t.worker for t in tests[round]) == list(ORGS)
-        assert all(parents(t, "model") == [(aggregate.key, "model")] for t in tests[round])
+        assert all(
+            parents(t, "model") == [(aggregate.key, "model")] for t in tests[round]
+        )
         assert all(t.rank == 2 * round + 1 for t in tests[round])
         previous = aggregate
     # Round 2 training continues each node's local state of round 1.
@@ -217,7 +256,9 @@ def test_fedavg_like_plans_train_everywhere_and_aggregate_once_per_round(name: s
 
 
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
-def test_server_optimizer_plans_chain_previous_model_and_server_state(name: str) -> None:
+def test_server_optimizer_plans_chain_previous_model_and_server_state(
+    name: str,
+) -> None:
     spec = make_strategy(name).build_plan(federation(), rounds=3)
     aggregates = by_round(spec, "aggregate")
     for round in (1, 2, 3):
@@ -236,7 +277,10 @@ def test_scaffold_plans_pass_the_previous_model_to_the_aggregator() -> None:
     (first,) = by_round(spec, "aggregate")[1]
     (second,) = by_round(spec, "aggregate")[2]
     assert parents(second, "previous") == [(first.key, "model")]
-    assert all(json.loads(t.metadata["airfed.train"])["scaffold"] for t in by_round(spec, "train")[1])
+    assert all(
+        json.loads(t.metadata["airfed.train"])["scaffold"]
+        for t in by_round(spec, "train")[1]
+    )
 
 
 def test_cyclic_passes_the_model_from_organization_to_organization() -> None:
@@ -250,15 +294,24 @@ def test_cyclic_passes_the_model_from_organization_to_organization() -> None:
     expected = [(initial.key, "model")] + [(t.key, "shared") for t in trains[:-1]]
     assert [parents(t, "model")[0] for t in trains] == expected
     assert set(by_round(spec, "test")) == {2}
-    assert all(parents(t, "model") == [(trains[-1].key, "shared")] for t in by_round(spec, "test")[2])
-    assert trains[0].outputs["shared"].permissions.process.authorized_ids == ("a", "b", "c")
+    assert all(
+        parents(t, "model") == [(trains[-1].key, "shared")]
+        for t in by_round(spec, "test")[2]
+    )
+    assert trains[0].outputs["shared"].permissions.process.authorized_ids == (
+        "a",
+        "b",
+        "c",
+    )
 
 
 def test_random_walk_follows_its_seeded_sequence() -> None:
     strategy = RandomWalk(seed=4)
     sequence = strategy.sequence(ORGS, 8)
     spec = strategy.build_plan(federation(), rounds=8, evaluation=Evaluation(every=4))
-    trains = sorted((t for t in spec.tasks if t.category == "train"), key=lambda t: t.round)
+    trains = sorted(
+        (t for t in spec.tasks if t.category == "train"), key=lambda t: t.round
+    )
     assert [t.worker for t in trains] == sequence
     assert [t.rank for t in trains] == list(range(1, 9))
     assert sequence == RandomWalk(seed=4).sequence(ORGS, 8)
@@ -284,17 +337,53 @@ def test_local_baselines_train_each_organization_alone() -> None:
     assert Counter(t.worker for t in trains) == Counter({o: 2 for o in ORGS})
     for train in trains:
         assert train.metadata["airfed.model"] == f"local:{train.worker}"
-        assert json.loads(train.metadata["airfed.train"])["lane"] == f"local:{train.worker}"
+        assert (
+            json.loads(train.metadata["airfed.train"])["lane"]
+            == f"local:{train.worker}"
+        )
     # Each local model is tested on every organization's test data, last round only.
-    assert Counter(t.metadata["airfed.model"] for t in tests) == Counter({f"local:{o}": 3 for o in ORGS})
+    assert Counter(t.metadata["airfed.model"] for t in tests) == Counter(
+        {f"local:{o}": 3 for o in ORGS}
+    )
     assert {t.round for t in tests} == {2}
     own = FedAvg().build_plan(
-        federation(), rounds=1, local_baselines=True,
+        federation(),
+        rounds=1,
+        local_baselines=True,
         evaluation=Evaluation(local_models_tested_on="own"),
     )
     for task in own.tasks:
         if task.category == "test" and task.metadata["airfed.model"] != "federated":
             assert task.metadata["airfed.model"] == f"local:{task.worker}"
+
+
+def test_metrics_match_scikit_learn() -> None:
+    from sklearn.metrics import accuracy_score, roc_auc_score
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    from airfed.sdk.evaluation import compute_metrics
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=200)
+    scores = rng.random((200, 3)) + np.eye(3)[labels] * 0.5
+    scores[:20] = scores[20:40]  # ties
+    probabilities = scores / scores.sum(axis=1, keepdims=True)
+    values = compute_metrics(("accuracy", "roc_auc", "loss"), labels, probabilities)
+    assert values["accuracy"] == pytest.approx(
+        accuracy_score(labels, probabilities.argmax(1))
+    )
+    assert values["loss"] == pytest.approx(sk_log_loss(labels, probabilities))
+    expected = roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")
+    assert values["roc_auc"] == pytest.approx(expected)
+    binary = compute_metrics(("roc_auc",), labels % 2, probabilities[:, :2])
+    assert binary["roc_auc"] == pytest.approx(
+        roc_auc_score(labels % 2, probabilities[:, 1])
+    )
+    # One class only: the area is undefined and recorded as chance.
+    assert (
+        compute_metrics(("roc_auc",), np.zeros(5, int), probabilities[:5])["roc_auc"]
+        == 0.5
+    )
 
 
 def test_evaluation_rounds() -> None:
@@ -303,7 +392,11 @@ def test_evaluation_rounds() -> None:
     spec = FedAvg().build_plan(federation(), rounds=7, evaluation=evaluation)
     assert sorted(by_round(spec, "test")) == [2, 3, 6, 7]
     test = by_round(spec, "test")[2][0]
-    assert json.loads(test.metadata["airfed.metrics"]) == ["accuracy", "roc_auc", "loss"]
+    assert json.loads(test.metadata["airfed.metrics"]) == [
+        "accuracy",
+        "roc_auc",
+        "loss",
+    ]
     assert set(test.outputs) == {"accuracy", "roc_auc", "loss"}
 
 
@@ -316,15 +409,29 @@ def test_privacy_needs_an_evaluation_that_records_epsilon() -> None:
         FedAvg().build_plan(with_epsilon, rounds=1)
     spec = FedAvg().build_plan(with_epsilon, rounds=1, privacy=privacy)
     rules = json.loads(by_round(spec, "train")[1][0].metadata["airfed.train"])
-    assert rules["privacy"] == {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-5}
+    assert rules["privacy"] == {
+        "clip_norm": 1.0,
+        "noise_multiplier": 1.0,
+        "delta": 1e-5,
+    }
     with pytest.raises(PlanError, match="SCAFFOLD"):
         Scaffold().build_plan(with_epsilon, rounds=1, privacy=privacy)
 
 
 def test_every_strategy_is_registered_and_rebuilt_from_its_config() -> None:
     assert set(STRATEGIES) == {
-        "fedavg", "fedprox", "scaffold", "fedadam", "fedyogi", "fedadagrad",
-        "fedmedian", "trimmed_mean", "krum", "cyclic", "random_walk", "single_organization",
+        "fedavg",
+        "fedprox",
+        "scaffold",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "fedmedian",
+        "trimmed_mean",
+        "krum",
+        "cyclic",
+        "random_walk",
+        "single_organization",
     }
     for name in STRATEGIES:
         strategy = make_strategy(name)
@@ -339,7 +446,7 @@ def test_every_strategy_is_registered_and_rebuilt_from_its_config() -> None:
 
 @dataclass(frozen=True)
 class EveryOther(Strategy):
-    """Aggregates only odd rounds; even rounds train on ``a`` alone (a test strategy)."""
+    """Aggregates odd rounds; even rounds train on ``a`` alone (a test strategy)."""
 
     name: ClassVar[str] = "every_other"
     shift: float = 1.0

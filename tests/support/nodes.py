@@ -98,6 +98,9 @@ def _launch(
     config_path: Path, database_url: str | None, env: Mapping[str, str] | None
 ) -> RunningNode:
     child_env = dict(os.environ)
+    # Nodes of tests run without the ledger unless a test turns it on
+    # (AIRFED_NODE_LEDGER=on in the environment or ``env``).
+    child_env.setdefault("AIRFED_NODE_LEDGER", "off")
     if database_url is not None:
         child_env["AIRFED_NODE_DATABASE_URL"] = database_url
     child_env.update(env or {})
