@@ -186,8 +186,8 @@ def markdown(rows: list[dict[str, Any]], seconds: float) -> str:
         "",
         "Accuracy (%) on the union of the organizations' held-out test parts, "
         "after the last round. Command: `.venv/bin/python benchmarks/accuracy.py`.",
-        f"Total time {seconds:.0f} s on {platform.machine()} "
-        f"(Python {platform.python_version()}).",
+        f"Time: {seconds:.0f} s of simulation (summed over the runs) on "
+        f"{platform.machine()}, Python {platform.python_version()}; seed {SEED}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

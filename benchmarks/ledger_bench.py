@@ -127,7 +127,7 @@ def _entries(signer: _FastSigner, start: int, count: int) -> list[Entry]:
 
 
 def bench_appends(
-    network: Network, tmp: Path, total: int, clients: int
+    network: Network, url: str, total: int, clients: int
 ) -> dict[str, Any]:
     signer = _FastSigner(network, "a")
     chunk = 100
@@ -135,7 +135,7 @@ def bench_appends(
         [signer.entry_bytes(10_000_000 + i) for i in range(start, start + chunk)]
         for start in range(0, total, chunk)
     ]
-    server = serve_log(network.root, f"sqlite:///{tmp / 'appends.db'}")
+    server = serve_log(network.root, url)
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -279,6 +279,10 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--appends", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--postgres-url",
+        help="also measure appends on this (empty) PostgreSQL database",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder:
@@ -288,7 +292,15 @@ def main() -> None:
         )
         key_ring(network)
         print("appends ...", file=sys.stderr)
-        appends = bench_appends(network, tmp, args.appends, args.clients)
+        appends = bench_appends(
+            network, f"sqlite:///{tmp / 'appends.db'}", args.appends, args.clients
+        )
+        appends_pg = None
+        if args.postgres_url:
+            print("appends on PostgreSQL ...", file=sys.stderr)
+            appends_pg = bench_appends(
+                network, args.postgres_url, args.appends, args.clients
+            )
         print(f"building a log of {args.entries:,} entries ...", file=sys.stderr)
         log_url = f"sqlite:///{tmp / 'big.db'}"
         store = build_log(network, log_url, args.entries)
@@ -304,13 +316,29 @@ def main() -> None:
         },
         "database": "sqlite (WAL, synchronous=FULL)",
         "appends": appends,
+        "appends_postgresql": appends_pg,
         "proofs": proofs,
         "replica_catch_up": catch_up,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     rows = [
-        ("durable appends/s", appends["durable_appends_per_second"], ">= 1000"),
+        (
+            "durable appends/s (SQLite)",
+            appends["durable_appends_per_second"],
+            ">= 1000",
+        ),
+        *(
+            [
+                (
+                    "durable appends/s (PostgreSQL)",
+                    appends_pg["durable_appends_per_second"],
+                    ">= 1000",
+                )
+            ]
+            if appends_pg
+            else []
+        ),
         (
             "inclusion proof generation (median ms)",
             proofs["inclusion_generate_ms_median"],

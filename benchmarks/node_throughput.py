@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -126,7 +125,8 @@ def measure_download(work: Path, size: int, repeat: int) -> dict[str, float]:
 _RAW_SERVER = """
 import socket, ssl, sys
 profile, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=profile + "/tls/ca.crt")
+ca = profile + "/tls/ca.crt"
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
 ctx.load_cert_chain(profile + "/tls/tls.crt", profile + "/tls/tls.key")
 ctx.verify_mode = ssl.CERT_REQUIRED
 block = bytes(4 * 1024 * 1024)

@@ -12,23 +12,22 @@ plan's spec is read; the DAG's content depends on the spec alone, so parsing
 again never makes a new DAG version. Nothing here imports torch or the
 Kubernetes provider.
 
-A spec that cannot be read does not stop the other plans: it becomes an
-import error of this file whose message names the plan and the field.
+A spec that cannot be read gets no DAG and does not stop the other plans:
+``airfed_plan_errors.py`` reports it as an import error naming the plan and
+the field.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
-from pathlib import Path
 
 from airflow.sdk import DAG, get_parsing_context
 
+from airfed.dags._specs import read_specs
 from airfed.operators import NodeTaskOperator
-from airfed.operators._settings import plans_folder
-from airfed.sdk.errors import AirfedError, SpecError
-from airfed.sdk.orchestrator import DAG_ID_PREFIX, dag_id_for
-from airfed.sdk.spec import PlanSpec, parse_plan_spec
+from airfed.operators._settings import finish_in_triggerer, node_poll_interval
+from airfed.sdk.orchestrator import dag_id_for
+from airfed.sdk.spec import PlanSpec
 
 __all__ = ["build_plan_dag", "plan_doc"]
 
@@ -63,6 +62,11 @@ def build_plan_dag(spec: PlanSpec) -> DAG:
     """One DAG for the plan: a node task per task, edges from parents."""
     plan = {"key": spec.key, "name": spec.name, "creator": spec.creator}
     workers = {task.key: task.worker for task in spec.tasks}
+    # Read once per DAG: a configuration lookup per task slows a large plan.
+    settings = {
+        "poll_interval": node_poll_interval(),
+        "finish_in_trigger": finish_in_triggerer(),
+    }
     with DAG(
         dag_id=dag_id_for(spec.key),
         description=f"{spec.strategy}: {spec.name}",
@@ -77,6 +81,7 @@ def build_plan_dag(spec: PlanSpec) -> DAG:
             task.key: NodeTaskOperator(
                 task_spec=task,
                 plan={**plan, "parents": {p: workers[p] for p in task.parent_keys}},
+                **settings,
             )
             for task in spec.tasks
         }
@@ -86,43 +91,9 @@ def build_plan_dag(spec: PlanSpec) -> DAG:
     return dag
 
 
-class _UnreadablePlan(DAG):
-    """Stands for a spec that cannot be read; the DAG bag refuses it."""
-
-    def validate(self) -> None:
-        raise SpecError(self.description or "plan spec cannot be read")
-
-
-def _unreadable(plan_key: str, error: Exception) -> DAG:
-    return _UnreadablePlan(
-        dag_id=DAG_ID_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", plan_key)[:200],
-        description=f"plan {plan_key}: {error}",
-        schedule=None,
-    )
-
-
-def _spec_files(folder: Path, dag_id: str | None) -> list[Path]:
-    if dag_id is not None and dag_id.startswith(DAG_ID_PREFIX):
-        path = folder / f"{dag_id.removeprefix(DAG_ID_PREFIX)}.json"
-        return [path] if path.is_file() else []
-    return sorted(folder.glob("*.json"))
-
-
-def _load(path: Path) -> DAG:
-    plan_key = path.stem
-    try:
-        spec = parse_plan_spec(path.read_bytes())
-        if spec.key != plan_key:
-            raise SpecError(f"field key: {spec.key!r} differs from the file name")
-        return build_plan_dag(spec)
-    except (OSError, AirfedError) as exc:
-        return _unreadable(plan_key, exc)
-
-
 def _build_all() -> dict[str, DAG]:
-    folder = plans_folder()
-    wanted = get_parsing_context().dag_id
-    return {dag.dag_id: dag for dag in map(_load, _spec_files(folder, wanted))}
+    stored = read_specs(get_parsing_context().dag_id)
+    return {dag.dag_id: dag for dag in map(build_plan_dag, stored.specs)}
 
 
 for _dag_id, _dag in _build_all().items():

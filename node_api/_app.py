@@ -12,6 +12,8 @@ schema to prove it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 CHECKSUM_HEADER = "X-Airfed-Checksum"
 _PROBLEM = "application/problem+json"
+_SEND_SLICE = 64 * 1024
 
 
 def _problem(status: int, title: str, detail: str) -> JSONResponse:
@@ -297,7 +300,7 @@ def _model_routes(app: FastAPI, store: AssetStore) -> None:
     def download_model(key: str, who: Who) -> StreamingResponse:
         model, chunks = store.open_model(who, key)
         return StreamingResponse(
-            _closing(chunks),
+            _streamed(chunks),
             media_type="application/octet-stream",
             headers={
                 CHECKSUM_HEADER: model["checksum"],
@@ -343,11 +346,23 @@ def _task_routes(app: FastAPI, tasks: TaskService) -> None:
         return str(tasks.logs(who, key))
 
 
-def _closing(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Iterate ``chunks`` and close the file behind them even if cut short."""
+async def _streamed(chunks: Iterator[bytes]) -> AsyncIterator[memoryview]:
+    """Send decrypted chunks in slices while the next chunk is decrypted.
+
+    Decryption runs in a worker thread one chunk ahead of the socket; the
+    slices keep each write to the TLS transport small.
+    """
+    loop = asyncio.get_running_loop()
+    pending = loop.run_in_executor(None, next, chunks, None)
     try:
-        yield from chunks
+        while (chunk := await pending) is not None:
+            pending = loop.run_in_executor(None, next, chunks, None)
+            view = memoryview(chunk)
+            for start in range(0, len(view), _SEND_SLICE):
+                yield view[start : start + _SEND_SLICE]
     finally:
+        with contextlib.suppress(Exception):
+            await pending
         close = getattr(chunks, "close", None)
         if close is not None:
             close()

@@ -35,6 +35,7 @@ import struct
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -55,7 +56,7 @@ __all__ = [
     "StoredObject",
 ]
 
-CHUNK_SIZE = 4 * 1024 * 1024
+CHUNK_SIZE = 1024 * 1024
 _MAGIC = b"AFENC\x00\x00\x01"
 _TAG = 16
 _KEY_WRAP_AAD = b"airfed data key v1"
@@ -125,6 +126,7 @@ class ObjectWriter:
         self._chunk_size = chunk_size
         self._data_key = AESGCM.generate_key(bit_length=256)
         self._digest = hashlib.sha256()
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
         self._pending = bytearray(chunk_size)
         self._filled = 0
         self._sealed = bytearray(chunk_size + _TAG)
@@ -152,7 +154,6 @@ class ObjectWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Add plaintext; a chunk is sealed once more data follows it."""
-        self._digest.update(data)
         self._size += len(data)
         view = memoryview(data).cast("B")
         while view:
@@ -167,6 +168,14 @@ class ObjectWriter:
         return len(data)
 
     def _seal(self, chunk: memoryview, *, final: bool) -> None:
+        """Encrypt and write ``chunk`` while another thread hashes it."""
+        hashed = self._hasher.submit(self._digest.update, chunk)
+        try:
+            self._encrypt(chunk, final=final)
+        finally:
+            hashed.result()
+
+    def _encrypt(self, chunk: memoryview, *, final: bool) -> None:
         encryptor = Cipher(
             algorithms.AES(self._data_key), modes.GCM(_nonce(self._index, final))
         ).encryptor()
@@ -180,6 +189,7 @@ class ObjectWriter:
     def commit(self) -> StoredObject:
         """Seal the last chunk, fsync, and move the object into place."""
         self._seal(memoryview(self._pending)[: self._filled], final=True)
+        self._hasher.shutdown()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -190,6 +200,7 @@ class ObjectWriter:
 
     def abort(self) -> None:
         if not self._done:
+            self._hasher.shutdown()
             self._file.close()
             self._tmp.unlink(missing_ok=True)
             self._done = True

@@ -8,7 +8,6 @@ The verified certificate reaches the app through :mod:`._tls`.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from pathlib import Path
 
@@ -37,7 +36,6 @@ def uvicorn_config(context: NodeContext) -> uvicorn.Config:
         ssl_cert_reqs=ssl.CERT_REQUIRED,
         http=protocol_class(context.options.http),
         lifespan="on",
-        loop=os.environ.get("AIRFED_NODE_LOOP", "auto"),
         access_log=False,
         log_level="info",
         timeout_graceful_shutdown=10,

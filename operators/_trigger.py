@@ -31,8 +31,8 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airfed.operators._settings import network_folder, orchestrator_profile
-from airfed.sdk.errors import NodeRequestError
-from airfed.sdk.network import client_ssl_context, load_network
+from airfed.sdk.errors import ConfigError, NodeRequestError
+from airfed.sdk.network import Network, client_ssl_context, load_network
 from airfed.sdk.node_client import AsyncNodeClient
 
 __all__ = ["FINAL_NODE_STATUSES", "NodeTaskTrigger", "node_client_args", "task_result"]
@@ -80,9 +80,26 @@ def _ssl_context(profile: Path) -> ssl.SSLContext:
     return context
 
 
+@functools.lru_cache(maxsize=8)
+def _network(path: Path, modified: float) -> Network:
+    network: Network = load_network(path)
+    return network
+
+
 def node_client_args(worker: str) -> tuple[str, ssl.SSLContext]:
-    """The worker's node URL and the orchestrator's TLS context to call it."""
-    network = load_network(network_folder())
+    """The worker's node URL and the orchestrator's TLS context to call it.
+
+    Both are cached (the network file until it changes): the triggerer calls
+    this from its event loop.
+    """
+    path = network_folder() / "network.yaml"
+    try:
+        modified = path.stat().st_mtime
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path} does not exist; set [airfed] network to the network folder"
+        ) from exc
+    network = _network(path, modified)
     return network.organization(worker).node_url, _ssl_context(orchestrator_profile())
 
 

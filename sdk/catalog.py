@@ -189,6 +189,19 @@ class Catalog:
         return tuple(p for p in self._performances if p.plan_key == plan_key)
 
     @classmethod
+    def from_ledger(cls, client: Any) -> Catalog:
+        """Build a catalog from the ledger's entries, read with a ``LedgerClient``.
+
+        Datasets, data samples and functions as their nodes registered them
+        (signatures checked), with their latest permissions; no models or
+        performances (see :mod:`airfed.sdk._ledger_catalog`).
+        """
+        from airfed.sdk._ledger_catalog import ledger_catalog
+
+        catalog: Catalog = ledger_catalog(client)
+        return catalog
+
+    @classmethod
     def from_listings(cls, listings: Mapping[str, NodeListing]) -> Catalog:
         """Build a catalog from what each organization's node listed."""
         assets: list[Asset] = []

@@ -50,6 +50,7 @@ __all__ = [
     "free_port",
     "free_port_block",
     "port_is_free",
+    "stop_process_groups",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,22 +137,33 @@ class LocalProcess:
             f"its log is {self.log_path}"
         )
 
-    def terminate(self) -> None:
-        """Ask the process group to stop (SIGTERM); :meth:`stop` waits."""
-        if self.alive():
-            _signal_group(self.pid, signal.SIGTERM)
-
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """SIGTERM to the process group, SIGKILL after ``timeout`` seconds."""
-        self.terminate()
+        stop_process_groups([self.process], timeout)
+
+
+def stop_process_groups(
+    processes: Sequence[subprocess.Popen[bytes]], timeout: float = _STOP_TIMEOUT
+) -> None:
+    """Stop processes that lead their own process group, all at once.
+
+    Each group gets SIGTERM; a process still running after ``timeout``
+    seconds gets SIGKILL with its group, and so does anything the processes
+    forked that outlives them in their groups.
+    """
+    for process in processes:
+        if process.poll() is None:
+            _signal_group(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
         try:
-            self.process.wait(timeout)
+            process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            logger.warning("service did not stop name=%s pid=%d", self.name, self.pid)
-            _signal_group(self.pid, signal.SIGKILL)
-            self.process.wait(timeout)
-        # Children the service forked may outlive it in its group.
-        _signal_group(self.pid, signal.SIGKILL)
+            logger.warning("process did not stop in time pid=%d", process.pid)
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(_STOP_TIMEOUT)
+    for process in processes:
+        _signal_group(process.pid, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -276,14 +288,11 @@ class LocalServices:
     # -- stopping
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
-        """Stop every service: all asked at once, then each waited for."""
+        """Stop every service: all asked at once, killed after ``timeout``."""
+        stop_process_groups([p.process for p in self.processes], timeout)
         for process in self.processes:
-            process.terminate()
-        deadline = time.monotonic() + timeout
-        while self.processes:
-            process = self.processes.pop()
-            process.stop(max(0.5, deadline - time.monotonic()))
             logger.info("service stopped name=%s pid=%d", process.name, process.pid)
+        self.processes.clear()
         self._pending.clear()
 
 

@@ -19,8 +19,10 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import ssl
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,23 +95,53 @@ def _task_body(
 
 
 class _DownloadTarget:
-    """A temporary file next to ``dest`` that becomes ``dest`` once verified."""
+    """A temporary file next to ``dest`` that becomes ``dest`` once verified.
+
+    Hashing and writing run in a thread of their own, so they overlap with
+    reading the next bytes from the socket.
+    """
+
+    _QUEUE_ITEMS = 64
 
     def __init__(self, dest: Path) -> None:
         self.dest = Path(dest)
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{self.dest.name}.", dir=self.dest.parent)
         self.tmp = Path(name)
-        self.handle = os.fdopen(fd, "wb")
-        self.digest = hashlib.sha256()
+        self._handle = os.fdopen(fd, "wb")
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self._QUEUE_ITEMS)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self._digest.update(chunk)
+                self._handle.write(chunk)
+            except BaseException as exc:  # reported by commit()
+                self._error = exc
 
     def write(self, chunk: bytes) -> None:
-        self.digest.update(chunk)
-        self.handle.write(chunk)
+        self._queue.put(chunk)
+
+    def _finish(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._handle.close()
 
     def commit(self, key: str, expected: str | None) -> str:
-        self.handle.close()
-        checksum = self.digest.hexdigest()
+        self._finish()
+        if self._error is not None:
+            self.discard()
+            raise NodeRequestError(
+                0, f"cannot write model {key} to {self.dest}: {self._error}"
+            ) from self._error
+        checksum = self._digest.hexdigest()
         if expected is not None and expected != checksum:
             self.discard()
             raise NodeRequestError(
@@ -119,7 +151,7 @@ class _DownloadTarget:
         return checksum
 
     def discard(self) -> None:
-        self.handle.close()
+        self._finish()
         self.tmp.unlink(missing_ok=True)
 
 

@@ -55,7 +55,13 @@ from airfed.sdk.datasets import (
 )
 from airfed.sdk.errors import AirfedError
 from airfed.sdk.evaluation import Evaluation
-from airfed.sdk.local import LocalProcess, LocalServices, free_port, free_port_block
+from airfed.sdk.local import (
+    LocalProcess,
+    LocalServices,
+    free_port,
+    free_port_block,
+    stop_process_groups,
+)
 from airfed.sdk.network import init_network
 from airfed.sdk.orchestrator import FINAL_PLAN_STATUSES, dag_id_for
 from airfed.sdk.performance import FEDERATED, PerformanceTable, performance_table
@@ -90,7 +96,8 @@ METRICS = ("accuracy",)
 MAX_NODES = 20
 _OWN_ENTRIES = ("network", "airflow", "data", "function", "logs", QUICKSTART_FILE)
 _DATA_SET = "breast_cancer"
-_POLL_SECONDS = 1.0
+_POLL_SECONDS = 2.0
+_STOP_GRACE = 10.0
 
 
 class QuickstartError(AirfedError):  # type: ignore[misc,unused-ignore]
@@ -480,7 +487,7 @@ def _run(
         services = stack.enter_context(
             LocalServices(run.network_root, run.log_dir, on_start=state.add_process)
         )
-        services.start_ledger(witnesses=organizations)
+        services.start_ledger()  # each node runs its organization's witness
         for organization in organizations:
             services.start_node(organization)
         run.step("ledger log, witnesses and nodes starting")
@@ -489,7 +496,12 @@ def _run(
         state.save()
         run.step(f"starting Airflow on 127.0.0.1:{port} (SQLite, LocalExecutor)")
         orchestrator = stack.enter_context(
-            start_orchestrator(run.workdir / "airflow", run.network_root, port=port)
+            start_orchestrator(
+                run.workdir / "airflow",
+                run.network_root,
+                port=port,
+                extra_environment={"AIRFLOW__AIRFED__LEDGER": "on"},
+            )
         )
         state.processes.update(
             {f"airflow-{n}": p.pid for n, p in orchestrator.processes.items()}
@@ -498,8 +510,17 @@ def _run(
         state.save()
         services.wait_until_ready()
         run.step(f"Airflow is up at {orchestrator.url}; every node answers")
-        # Runs first when the block ends: a second Ctrl-C must not cut the
-        # stopping short.
+        # Run first when the block ends, last registered first: a second
+        # Ctrl-C must not cut the stopping short, and every process is asked
+        # to stop at once (Airflow's components take seconds each).
+        stack.callback(
+            stop_process_groups,
+            [
+                *orchestrator.processes.values(),
+                *(p.process for p in services.processes),
+            ],
+            _STOP_GRACE,
+        )
         stack.callback(_ignore_stop_signals)
 
         def check_alive() -> None:

@@ -60,6 +60,14 @@ DownloadOption = Annotated[
         "--download", help="Who may download it: 'public' or ids (a,b/alice)."
     ),
 ]
+FromLedgerOption = Annotated[
+    bool,
+    typer.Option(
+        "--from-ledger",
+        help="List what the ledger's signed entries record instead of asking "
+        "the nodes.",
+    ),
+]
 QueryOption = Annotated[
     str | None, typer.Option("--query", "-q", help="Search names and descriptions.")
 ]
@@ -104,9 +112,13 @@ def dataset_list(
     query: QueryOption = None,
     profile: ProfileOption = None,
     token: TokenOption = None,
+    from_ledger: FromLedgerOption = False,
     json_out: JsonOption = False,
 ) -> None:
     """List the datasets of every node of the network."""
+    if from_ledger:
+        _list_from_ledger("dataset", query, profile, json_out)
+        return
     _list("dataset", query, profile, token, json_out)
 
 
@@ -221,9 +233,13 @@ def function_list(
     query: QueryOption = None,
     profile: ProfileOption = None,
     token: TokenOption = None,
+    from_ledger: FromLedgerOption = False,
     json_out: JsonOption = False,
 ) -> None:
     """List the functions of every node of the network."""
+    if from_ledger:
+        _list_from_ledger("function", query, profile, json_out)
+        return
     _list("function", query, profile, token, json_out)
 
 
@@ -321,6 +337,30 @@ def _list(
     columns = _LIST_COLUMNS[kind]
     rows = [tuple(_cell(item.get(column)) for column in columns) for item in items]
     print_table(f"{kind.capitalize()}s", columns, rows)
+
+
+def _list_from_ledger(
+    kind: ListableKind, query: str | None, profile: Path | None, json_out: bool
+) -> None:
+    """List what the ledger's signed entries record, not what nodes answer."""
+    from airfed.ledger.client import LedgerClient
+    from airfed.sdk.catalog import Catalog
+
+    with open_client(profile, None) as client:
+        directory = client.profile.directory
+    with LedgerClient.for_profile(directory) as ledger:
+        catalog = Catalog.from_ledger(ledger)
+    items = [
+        dict(asset.data)
+        for asset in catalog.assets(kind)
+        if not query or query.lower() in asset.name.lower()
+    ]
+    if json_out:
+        print_json(items)
+        return
+    columns = ("key", "name", "owner", "nodes", "ledger_index")
+    rows = [tuple(_cell(item.get(column)) for column in columns) for item in items]
+    print_table(f"{kind.capitalize()}s on the ledger", columns, rows)
 
 
 def _show(

@@ -70,7 +70,13 @@ def quickstart(
         else:
             _print_result(result)
 
-    result = run_quickstart(options, out, on_result=show)
+    try:
+        result = run_quickstart(options, out, on_result=show)
+    except KeyboardInterrupt:
+        err_console.print(
+            "interrupted; every process the quickstart started is stopped"
+        )
+        raise typer.Exit(130) from None
     if not result.done:
         raise QuickstartError(
             f"the compute plan {result.plan_key} ended {result.status}: {result.error}"

@@ -291,14 +291,12 @@ def test_model_download_needs_permission(
         token = create_token(world.network.root / "b" / "node.yaml", "bob")
     except subprocess.CalledProcessError as exc:
         raise AssertionError(exc.stderr) from exc
-    with (
-        Client(world.network.root / "b", token=token) as bob,
-        pytest.raises(NodeRequestError) as caught,
-    ):
-        bob.download_model(model_b["key"], tmp_path / "model")
+    with Client(world.network.root / "b", token=token) as bob:
+        with pytest.raises(NodeRequestError) as caught:
+            bob.download_model(model_b["key"], tmp_path / "model")
+        assert len(bob.list_assets("dataset")) >= 2  # other nodes see organization b
     assert caught.value.status == 403
     assert not (tmp_path / "model").exists()
-    assert len(bob.list_assets("dataset")) >= 2  # other nodes see organization b
 
 
 def test_failed_task_shows_its_log(world: World) -> None:
