@@ -76,7 +76,7 @@ def settings(quick: bool, dataset: str | None = None) -> list[Setting]:
     models = [
         ("breast_cancer", BreastCancerLogistic, 15),
         ("breast_cancer", BreastCancerMLP, 15),
-        ("digits", DigitsCNN, 20),
+        ("digits", DigitsCNN, 15),
     ]
     if quick:
         return [Setting("breast_cancer", BreastCancerLogistic, 3, "dirichlet", 10)]

@@ -44,7 +44,7 @@ class DigitsCNN(TorchAlgorithm):
     seed = 13
     local_steps = 10
     batch_size = 32
-    learning_rate = 0.1
+    learning_rate = 0.05
 
     def build_model(self) -> torch.nn.Module:
         return torch.nn.Sequential(
@@ -57,6 +57,10 @@ class DigitsCNN(TorchAlgorithm):
             torch.nn.Flatten(),
             torch.nn.Linear(64, 10),
         )
+
+    def build_optimizer(self, parameters: Any) -> torch.optim.Optimizer:
+        # Momentum is local state: it stays on the node from round to round.
+        return torch.optim.SGD(parameters, lr=self.learning_rate, momentum=0.9)
 
     def to_tensors(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = data

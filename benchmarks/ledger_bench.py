@@ -11,7 +11,10 @@
    every entry's signature, rebuild the tree, compare with the checkpoint
    and cosign. Target: under 60 s for 1,000,000 entries.
 
-Results go to benchmarks/results/ledger.json and a table.
+Results go to benchmarks/results/ledger.json and a table. The log and the
+replica run in this one process on a 2-core machine: the catch-up's CPU
+seconds (also reported) say what an idle machine would need; its wall time
+depends on what else runs, so the load average is recorded too.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ import struct
 import tempfile
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -126,7 +125,6 @@ class ObjectWriter:
         self._chunk_size = chunk_size
         self._data_key = AESGCM.generate_key(bit_length=256)
         self._digest = hashlib.sha256()
-        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
         self._pending = bytearray(chunk_size)
         self._filled = 0
         self._sealed = bytearray(chunk_size + _TAG)
@@ -168,12 +166,9 @@ class ObjectWriter:
         return len(data)
 
     def _seal(self, chunk: memoryview, *, final: bool) -> None:
-        """Encrypt and write ``chunk`` while another thread hashes it."""
-        hashed = self._hasher.submit(self._digest.update, chunk)
-        try:
-            self._encrypt(chunk, final=final)
-        finally:
-            hashed.result()
+        """Hash, encrypt and write one chunk."""
+        self._digest.update(chunk)
+        self._encrypt(chunk, final=final)
 
     def _encrypt(self, chunk: memoryview, *, final: bool) -> None:
         encryptor = Cipher(
@@ -189,7 +184,6 @@ class ObjectWriter:
     def commit(self) -> StoredObject:
         """Seal the last chunk, fsync, and move the object into place."""
         self._seal(memoryview(self._pending)[: self._filled], final=True)
-        self._hasher.shutdown()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -200,7 +194,6 @@ class ObjectWriter:
 
     def abort(self) -> None:
         if not self._done:
-            self._hasher.shutdown()
             self._file.close()
             self._tmp.unlink(missing_ok=True)
             self._done = True

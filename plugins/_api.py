@@ -50,6 +50,8 @@ _FACTORY_FILE = "airfed_plans.py"
 _DAG_APPEAR_TIMEOUT = 120.0
 _FINISHED_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed"})
 _PAGE = 100
+_FAIL_ATTEMPTS = 5
+_FAIL_SETTLE_SECONDS = 0.5
 
 
 def _requires_login() -> Any:
@@ -354,6 +356,24 @@ def _cancel_on_nodes(tasks: list[dict[str, Any]]) -> list[str]:
     return canceled
 
 
+def _fail_run(api: _Airflow, dag_id: str, run_id: str) -> None:
+    """Mark the DAG run failed, and again if the scheduler raced and ended it.
+
+    Marking a run that has no running task skips every task; a scheduler loop
+    that already held the run may then end it as successful.
+    """
+    path = f"/dags/{dag_id}/dagRuns/{run_id}"
+    for _ in range(_FAIL_ATTEMPTS):
+        response = api.call("PATCH", path, json={"state": "failed"})
+        if response.status_code == 404:
+            return
+        if response.status_code >= 400:
+            raise HTTPException(response.status_code, _detail(response))
+        time.sleep(_FAIL_SETTLE_SECONDS)
+        if api.json("GET", path)["state"] == "failed":
+            return
+
+
 @app.post("/api/plans/{plan_key}/cancel")
 def cancel_plan(request: Request, plan_key: str) -> dict[str, Any]:
     spec = _read_spec(plan_key)
@@ -365,11 +385,7 @@ def cancel_plan(request: Request, plan_key: str) -> dict[str, Any]:
             if task["state"] not in _FINISHED_TI_STATES
         ]
         _cancel_marker(plan_key).touch()
-        response = api.call(
-            "PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", json={"state": "failed"}
-        )
-        if response.status_code >= 400 and response.status_code != 404:
-            raise HTTPException(response.status_code, _detail(response))
+        _fail_run(api, dag_id, run_id)
     canceled = _cancel_on_nodes(unfinished)
     logger.info("plan canceled plan=%s node_tasks=%d", plan_key, len(canceled))
     return {"plan_key": plan_key, "status": "canceled", "canceled_tasks": canceled}

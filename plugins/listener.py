@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 _DAG_PREFIX = "airfed_plan_"
 _ON = frozenset({"on", "true", "yes", "1"})
 _sender: EntrySender | None = None
+_sender_pid = 0
 _lock = threading.Lock()
 
 
@@ -57,13 +59,15 @@ def ledger_enabled() -> bool:
 
 
 def _entry_sender() -> EntrySender:
-    global _sender
+    """This process's sender (a forked process starts its own thread)."""
+    global _sender, _sender_pid
     with _lock:
-        if _sender is None:
+        if _sender is None or _sender_pid != os.getpid():
             from airfed.operators._settings import orchestrator_profile
             from airfed.sdk._ledger import EntrySender
 
             _sender = EntrySender(orchestrator_profile())
+            _sender_pid = os.getpid()
         return _sender
 
 

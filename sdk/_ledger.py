@@ -167,6 +167,13 @@ class EntrySender:
                 self._stop.wait(pause)
                 pause = min(_MAX_PAUSE, pause * 2)
                 continue
+            except AirfedError as exc:
+                logger.warning(
+                    "ledger entries dropped author=%s entries=%d error=%s",
+                    self.author,
+                    len(batch),
+                    exc,
+                )
             except Exception:
                 logger.exception("ledger entries dropped author=%s", self.author)
             self._done(len(batch))

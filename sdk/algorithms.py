@@ -334,7 +334,7 @@ class TorchAlgorithm(Algorithm):
                 params=_to_arrays(model),
                 local=blob.getvalue(),
                 steps=self.local_steps,
-                learning_rate=float(optimizer.param_groups[0]["lr"]),
+                learning_rate=_effective_learning_rate(optimizer),
             )
 
     def _run_steps(
@@ -380,6 +380,14 @@ class TorchAlgorithm(Algorithm):
             x, _ = self.to_tensors(data)
             with torch.no_grad():
                 return torch.softmax(model(x), dim=1).double().numpy()
+
+
+def _effective_learning_rate(optimizer: torch.optim.Optimizer) -> float:
+    """The step size SCAFFOLD divides by: ``lr``, or ``lr / (1 - momentum)``
+    for SGD with momentum (its step size once the momentum has built up)."""
+    group = optimizer.param_groups[0]
+    momentum = float(group.get("momentum", 0.0) or 0.0)
+    return float(group["lr"]) / (1.0 - momentum)
 
 
 def _to_arrays(model: torch.nn.Module) -> Arrays:

@@ -128,6 +128,7 @@ class Client:
         self._password = password or self.profile.orchestrator_password
         self._nodes: dict[str, NodeClient] = {}
         self._orchestrator: OrchestratorClient | None = None
+        self._closed = False
 
     @property
     def organization(self) -> str:
@@ -139,6 +140,7 @@ class Client:
         return tuple(self.profile.partners)
 
     def close(self) -> None:
+        self._closed = True
         for node in self._nodes.values():
             node.close()
         self._nodes.clear()
@@ -159,6 +161,8 @@ class Client:
         knows the tokens it issued, and other nodes see the organization.
         """
         organization = organization or self.organization
+        if self._closed:
+            raise AirfedError("this client is closed; create a new Client")
         if organization not in self._nodes:
             token = self.token if organization == self.organization else None
             self._nodes[organization] = NodeClient(
@@ -490,7 +494,9 @@ class Client:
         return result
 
     def _plan_spec(self, plan_key: str) -> PlanSpec | None:
-        """The plan's spec when the orchestrator returns it with the status."""
+        """The plan's spec when an orchestrator is configured and returns it."""
+        if not self._orchestrator_url:
+            return None
         spec = self.plan_status(plan_key).get("spec")
         if not isinstance(spec, dict):
             return None

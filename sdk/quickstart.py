@@ -71,6 +71,7 @@ from airfed.sdk.strategies import (
     MODEL_LABEL_KEY,
     AlgorithmFunctions,
     Federation,
+    Krum,
     OrganizationData,
     Strategy,
     make_strategy,
@@ -83,9 +84,12 @@ __all__ = [
     "QuickstartError",
     "QuickstartOptions",
     "QuickstartResult",
+    "algorithm_for",
     "organization_ids",
     "prepare_workdir",
+    "quickstart_plan",
     "run_quickstart",
+    "stop_on_sigterm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -257,7 +261,24 @@ def _write_data(
     return opener, files
 
 
-def _algorithm_for(strategy: Strategy) -> type[Algorithm]:
+def quickstart_plan(
+    strategy: Strategy, federation: Federation, rounds: int
+) -> PlanSpec:
+    """The quickstart's plan: ``strategy`` for ``rounds`` rounds, each
+    organization's local-only baseline, every model tested after every
+    round (local-only models on their own organization's test data)."""
+    return strategy.build_plan(
+        federation,
+        rounds=rounds,
+        evaluation=Evaluation(local_models_tested_on="own"),
+        local_baselines=True,
+        name=f"quickstart: {strategy.name} on breast cancer",
+    )
+
+
+def algorithm_for(strategy: Strategy) -> type[Algorithm]:
+    """The quickstart's model: NumPy, or PyTorch for a strategy that changes
+    local gradients (FedProx, SCAFFOLD)."""
     from airfed.sdk._quickstart_models import (
         BreastCancerLogistic,
         BreastCancerTorchLogistic,
@@ -428,6 +449,7 @@ def run_quickstart(
     everything still runs (before ``keep_running`` waits for Ctrl-C)."""
     _check_options(options)
     strategy = make_strategy(options.strategy)
+    _check_strategy(strategy, options.nodes)
     workdir = prepare_workdir(options.workdir, force=options.force)
     run = _Run(options, workdir, out)
     run.log_dir.mkdir(parents=True, exist_ok=True)
@@ -459,6 +481,16 @@ def _check_options(options: QuickstartOptions) -> None:
         raise QuickstartError(f"--rounds must be at least 1, not {options.rounds}")
 
 
+def _check_strategy(strategy: Strategy, organizations: int) -> None:
+    if isinstance(strategy, Krum):
+        needed = 2 * strategy.byzantine + 3
+        if 1 < organizations < needed:
+            raise QuickstartError(
+                f"krum with {strategy.byzantine} byzantine organizations needs at "
+                f"least {needed} organizations; pass --nodes {needed} or more"
+            )
+
+
 def _run(
     run: _Run,
     strategy: Strategy,
@@ -478,7 +510,7 @@ def _run(
     )
     opener, files = _write_data(run.workdir / "data", organizations, options.seed)
     package = package_algorithm(
-        _algorithm_for(strategy),
+        algorithm_for(strategy),
         run.workdir / "function",
         name="breast cancer logistic model",
         metrics=METRICS,
@@ -569,12 +601,8 @@ def _run_plan(
     with Client(run.network_root / creator) as client:
         functions = _register_functions(client, plan.package)
         run.step("train, aggregate and evaluate functions registered on every node")
-        spec = strategy.build_plan(
-            Federation(data, functions, creator),
-            rounds=run.options.rounds,
-            evaluation=Evaluation(local_models_tested_on="own"),
-            local_baselines=True,
-            name=f"quickstart: {strategy.name} on breast cancer",
+        spec = quickstart_plan(
+            strategy, Federation(data, functions, creator), run.options.rounds
         )
         client.submit(spec)
         run.step(

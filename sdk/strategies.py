@@ -539,8 +539,9 @@ class Scaffold(Strategy):
     variates); clients update ``c_i`` by option II of Algorithm 1 and keep it
     on their node. The server moves ``x += lr_g * mean(y_i - x)`` and
     ``c += mean(delta c_i)`` (every organization takes part in every round).
-    Needs a TorchAlgorithm with plain SGD; not combined with differential
-    privacy (the control variates would leave the node without noise).
+    Needs a TorchAlgorithm; with SGD momentum, ``lr / (1 - momentum)`` is
+    taken as the step size. Not combined with differential privacy (the
+    control variates would leave the node without noise).
     """
 
     name: ClassVar[str] = "scaffold"

@@ -33,7 +33,8 @@ def _read_json_object(process: subprocess.Popen[str]) -> dict[str, object]:
     assert process.stdout is not None
     lines: list[str] = []
     for line in process.stdout:
-        lines.append(line)
+        if line.startswith("{") or lines:
+            lines.append(line)
         if line.startswith("}"):
             return dict(json.loads("".join(lines)))
     raise AssertionError(f"the command ended without printing JSON: {lines}")

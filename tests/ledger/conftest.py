@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from airfed.ledger.entries import Entry, EntryKind, make_entry
 from airfed.sdk.network import Network, load_identity_key
@@ -17,7 +18,7 @@ class Authors:
     def __init__(self, network: Network) -> None:
         self.network = network
 
-    def key(self, org: str):  # type: ignore[no-untyped-def]
+    def key(self, org: str) -> ed25519.Ed25519PrivateKey:
         return load_identity_key(Path(self.network.root) / org / "identity.key")
 
     def plan(

@@ -9,7 +9,12 @@ import pytest
 
 from airfed.ledger.checkpoint import SignedCheckpoint
 from airfed.ledger.client import LedgerClient
-from airfed.ledger.errors import LedgerError, NotRecordedError, SplitViewError
+from airfed.ledger.errors import (
+    LedgerError,
+    LedgerUnavailable,
+    NotRecordedError,
+    SplitViewError,
+)
 from airfed.ledger.evidence import prove_entry, verify_plan_recorded
 from airfed.ledger.server import LedgerServer, serve_log, serve_replica
 from airfed.ledger.witness import Witness
@@ -159,3 +164,26 @@ def test_a_rewritten_log_fails_the_consistency_check(
     finally:
         first.stop()
         rewritten.stop()
+
+
+def test_a_cosignature_the_log_missed_is_sent_again(
+    network: Network, log: LedgerServer, authors: Authors, tmp_path: Path
+) -> None:
+    with _client(network, "a") as client:
+        client.append(authors.many(2))
+    with _client(network, "b") as client:
+        witness = _witness(network, "b", client, f"sqlite:///{tmp_path / 'b.db'}")
+        send = client.add_cosignature
+
+        def lost(size: int, line: str) -> str:
+            raise LedgerUnavailable("connection reset while sending")
+
+        client.add_cosignature = lost  # type: ignore[method-assign]
+        with pytest.raises(LedgerUnavailable):
+            witness.sync()
+        client.add_cosignature = send  # type: ignore[method-assign]
+        kept = witness.store.cosignature_line(2, "b")
+        assert kept is not None
+        result = witness.sync()
+        assert result.cosigned and kept in result.note
+        witness.close()

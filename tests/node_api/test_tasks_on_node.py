@@ -57,6 +57,10 @@ def test_reposting_a_task_returns_the_same_task(
         assert len(client.list_tasks(spec["plan_key"])) == 1
         wait_task(client, spec["key"])
         assert client.submit_task(spec)["status"] == "done"
+        with pytest.raises(NodeRequestError) as err:
+            client.submit_task({**spec, "round": 7})
+        assert err.value.status == 409
+        assert "different task" in err.value.detail
 
 
 def test_task_input_model_comes_from_the_other_node(

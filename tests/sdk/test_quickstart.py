@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,16 +14,20 @@ import pytest
 from rich.console import Console
 
 from airfed.sdk.catalog import Performance
+from airfed.sdk.datasets import make_federated_dataset
 from airfed.sdk.performance import performance_table
 from airfed.sdk.quickstart import (
     QUICKSTART_FILE,
     QuickstartError,
     QuickstartOptions,
     QuickstartResult,
+    algorithm_for,
     prepare_workdir,
+    quickstart_plan,
     run_quickstart,
 )
-from airfed.sdk.strategies import StrategyError
+from airfed.sdk.simulation import prepare_local_federation, simulate
+from airfed.sdk.strategies import STRATEGIES, StrategyError, make_strategy
 
 
 def _quiet() -> Console:
@@ -65,7 +70,12 @@ def running_quickstart() -> Iterator[int]:
     process = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(120)", "quickstart"]
     )
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
     try:
+        deadline = time.monotonic() + 30
+        while b"quickstart" not in cmdline.read_bytes():  # until exec is done
+            assert time.monotonic() < deadline, "the process never started"
+            time.sleep(0.05)
         yield process.pid
     finally:
         process.kill()
@@ -99,6 +109,17 @@ def test_bad_options_are_refused_before_the_folder_is_touched(
     assert not workdir.exists()
 
 
+def test_krum_with_too_few_organizations_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(QuickstartError, match="at least 3 organizations"):
+        run_quickstart(
+            QuickstartOptions(workdir=tmp_path / "work", strategy="krum", nodes=2),
+            _quiet(),
+        )
+    assert not (tmp_path / "work").exists()
+
+
 def test_an_unknown_strategy_names_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(StrategyError, match="fedavg"):
         run_quickstart(
@@ -128,3 +149,24 @@ def test_the_json_result_holds_each_model_per_round() -> None:
             "local:org1": {"accuracy": {"1": 0.6}},
         },
     }
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_runs_the_quickstart_plan_with_local_baselines(
+    name: str, tmp_path: Path
+) -> None:
+    strategy = make_strategy(name)
+    data = make_federated_dataset("breast_cancer", ["org1", "org2", "org3"], seed=0)
+    federation, assets = prepare_local_federation(
+        data, algorithm_for(strategy), tmp_path, creator="org1"
+    )
+
+    result = simulate(quickstart_plan(strategy, federation, rounds=2), assets)
+
+    assert result.status == "done", result.error
+    for model in ("federated", "local:org1", "local:org2", "local:org3"):
+        accuracy = result.values("accuracy", model)
+        assert sorted(accuracy) == [1, 2], model
+        assert all(0.0 <= v <= 1.0 for r in accuracy.values() for v in r.values())
+    # Local-only models are tested on their own organization's data only.
+    assert set(result.values("accuracy", "local:org2")[1]) == {"org2"}

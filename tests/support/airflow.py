@@ -10,8 +10,10 @@ a URL, and stops them by pid at exit.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,7 @@ def use_test_airflow_home() -> Path:
     """Give this process an empty AIRFLOW_HOME (unless one is set already)."""
     if "AIRFLOW_HOME" not in os.environ:
         home = Path(tempfile.mkdtemp(prefix="airfed-airflow-home-"))
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
         os.environ["AIRFLOW_HOME"] = str(home)
     os.environ.setdefault("AIRFLOW_CONFIG", str(REPO_ROOT / "airflow.cfg"))
     os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
