@@ -63,10 +63,7 @@ def build_plan_dag(spec: PlanSpec) -> DAG:
     plan = {"key": spec.key, "name": spec.name, "creator": spec.creator}
     workers = {task.key: task.worker for task in spec.tasks}
     # Read once per DAG: a configuration lookup per task slows a large plan.
-    settings = {
-        "poll_interval": node_poll_interval(),
-        "finish_in_trigger": finish_in_triggerer(),
-    }
+    poll_interval, finish_in_trigger = node_poll_interval(), finish_in_triggerer()
     with DAG(
         dag_id=dag_id_for(spec.key),
         description=f"{spec.strategy}: {spec.name}",
@@ -81,7 +78,8 @@ def build_plan_dag(spec: PlanSpec) -> DAG:
             task.key: NodeTaskOperator(
                 task_spec=task,
                 plan={**plan, "parents": {p: workers[p] for p in task.parent_keys}},
-                **settings,
+                poll_interval=poll_interval,
+                finish_in_trigger=finish_in_trigger,
             )
             for task in spec.tasks
         }

@@ -184,9 +184,9 @@ class LedgerServicer(pb_grpc.LedgerServicer):  # type: ignore[misc,unused-ignore
         end = min(request.end, request.start + MAX_PAGE)
         if request.start < 0 or end < request.start:
             _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "bad entry range")
-        rows = self.store.entries(request.start, end)
+        rows = self.store.entry_datas(request.start, end)
         return pb.GetEntriesResponse(
-            entries=[pb.Entry(index=r.index, data=r.data) for r in rows]
+            entries=[pb.Entry(index=index, data=data) for index, data in rows]
         )
 
     def FindEntries(
@@ -268,9 +268,9 @@ class LedgerServicer(pb_grpc.LedgerServicer):  # type: ignore[misc,unused-ignore
         _caller(context)
         position = max(0, request.start)
         while context.is_active() and not self._stopping.is_set():
-            rows = self.store.entries(position, position + MAX_PAGE)
-            for row in rows:
-                yield pb.Entry(index=row.index, data=row.data)
+            rows = self.store.entry_datas(position, position + MAX_PAGE)
+            for index, data in rows:
+                yield pb.Entry(index=index, data=data)
             position += len(rows)
             if len(rows) < MAX_PAGE:
                 self._wait_for_more(position)

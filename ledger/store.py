@@ -39,10 +39,14 @@ __all__ = [
 
 _metadata = sa.MetaData()
 
+# On SQLite an INTEGER primary key is the table's rowid: rows are stored in
+# key order with no separate index, so appends and lookups by key are cheap.
+_Key = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 entries_table = sa.Table(
     "ledger_entries",
     _metadata,
-    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("idx", _Key, primary_key=True, autoincrement=False),
     sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False, unique=True),
     sa.Column("kind", sa.String(40), nullable=False),
     sa.Column("author", sa.String(256), nullable=False),
@@ -52,7 +56,7 @@ entries_table = sa.Table(
 nodes_table = sa.Table(
     "ledger_nodes",
     _metadata,
-    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("id", _Key, primary_key=True, autoincrement=False),
     sa.Column("hash", sa.LargeBinary(32), nullable=False),
 )
 checkpoints_table = sa.Table(
@@ -152,6 +156,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # 64 MiB of page cache: the leaf-hash index and the tree's upper levels
+    # stay in memory, so proofs and large appends rarely go to the file.
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 
@@ -226,6 +233,23 @@ class LedgerStore:
         )
         with self._read() as conn:
             return [_stored(row) for row in conn.execute(query)]
+
+    def entry_datas(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        """The index and bytes of entries [start, end), in index order."""
+        with self._read() as conn:
+            if conn.dialect.name == "sqlite":
+                rows = conn.exec_driver_sql(
+                    "SELECT idx, data FROM ledger_entries "
+                    "WHERE idx >= ? AND idx < ? ORDER BY idx",
+                    (start, end),
+                )
+                return [(int(i), bytes(d)) for i, d in rows]
+            query = (
+                sa.select(entries_table.c.idx, entries_table.c.data)
+                .where(entries_table.c.idx >= start, entries_table.c.idx < end)
+                .order_by(entries_table.c.idx)
+            )
+            return [(int(i), bytes(d)) for i, d in conn.execute(query)]
 
     def iter_entries(self, start: int = 0, page: int = 20000) -> Iterator[StoredEntry]:
         """Every entry from ``start`` in index order, read page by page."""
@@ -349,6 +373,26 @@ class LedgerStore:
                 f"the ledger could not store a batch: {exc}"
             ) from exc
 
+    def append_rows(
+        self,
+        entry_rows: Sequence[tuple[int, bytes, str, str, str, bytes]],
+        node_rows: Sequence[tuple[int, bytes]],
+    ) -> None:
+        """Store entries and subtrees given as table rows, in one transaction.
+
+        ``entry_rows`` are (index, leaf hash, kind, author, key, bytes) and
+        ``node_rows`` are (``node_id(level, index)``, hash): what a replica
+        catching up on many entries writes without building objects per row.
+        """
+        try:
+            with self.engine.begin() as conn:
+                _bulk_insert(conn, entries_table, _ENTRY_COLUMNS, entry_rows)
+                _bulk_insert(conn, nodes_table, ("id", "hash"), node_rows)
+        except sa.exc.SQLAlchemyError as exc:
+            raise LedgerStoreError(
+                f"the ledger could not store a batch: {exc}"
+            ) from exc
+
     @staticmethod
     def _insert_batch(
         conn: Connection,
@@ -358,7 +402,7 @@ class LedgerStore:
         _bulk_insert(
             conn,
             entries_table,
-            ("idx", "leaf_hash", "kind", "author", "subject_key", "data"),
+            _ENTRY_COLUMNS,
             [(e.index, e.leaf_hash, e.kind, e.author, e.key, e.data) for e in entries],
         )
         _bulk_insert(
@@ -420,6 +464,9 @@ class LedgerStore:
             raise LedgerStoreError(f"cannot record alarm: {exc}") from exc
 
 
+_ENTRY_COLUMNS = ("idx", "leaf_hash", "kind", "author", "subject_key", "data")
+
+
 def _bulk_insert(
     conn: Connection,
     table: sa.Table,
@@ -434,7 +481,11 @@ def _bulk_insert(
         # Table and column names are this module's constants, never input.
         names = ", ".join(columns)
         statement = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608
-        conn.exec_driver_sql(statement, list(rows))
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(statement, rows)
+        finally:
+            cursor.close()
         return
     conn.execute(table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
 

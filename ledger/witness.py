@@ -20,15 +20,23 @@ cosigned it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import multiprocessing
+import os
 import queue
 import threading
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import (
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+)
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from airfed.ledger import merkle
 from airfed.ledger._network import checkpoint_verifier, key_ring
@@ -39,7 +47,7 @@ from airfed.ledger.checkpoint import (
     witness_name,
 )
 from airfed.ledger.client import LedgerClient
-from airfed.ledger.entries import Entry, verify_entries
+from airfed.ledger.entries import KeyRing, verify_entries
 from airfed.ledger.errors import (
     CheckpointError,
     EntryError,
@@ -47,15 +55,21 @@ from airfed.ledger.errors import (
     LedgerUnavailable,
     SplitViewError,
 )
-from airfed.ledger.store import LedgerStore, StoredEntry
+from airfed.ledger.store import LedgerStore, node_id
 from airfed.sdk.network import load_identity_key, load_network
 
 __all__ = ["SyncResult", "Witness"]
 
 logger = logging.getLogger(__name__)
 
-_PAGE = 5000
-_COMMIT_EVERY = 50000
+_PAGE = 5000  # entries a GetEntries call asks for (the log's cap)
+_CHECKS_AHEAD = 6  # pages fetched or being checked ahead of the tree
+_COMMIT_EVERY = 50000  # entries stored per transaction
+_PROCESS_MIN = 50000  # catch-ups this long check pages on worker processes
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_EntryRow = tuple[int, bytes, str, str, str, bytes]
 
 
 @dataclass(frozen=True)
@@ -183,32 +197,17 @@ class Witness:
     def _catch_up(self, size: int) -> int:
         """Fetch, check and store entries up to ``size``, as a pipeline.
 
-        One thread fetches the next page while this one checks the current
-        page (its signatures on ``workers`` threads) and extends the tree,
-        and another stores the previous run of pages.
+        One thread fetches pages ahead; each page is checked (shape, every
+        signature, leaf hashes and the perfect subtrees inside the page) on
+        worker processes for a long catch-up, else here with the signature
+        checks on ``workers`` threads; this thread joins the pages onto the
+        tree's right edge in log order, and another thread stores each run
+        of pages in one transaction.
         """
         initial = self._compact.size
         staged = _copy(self._compact)
-        rows: list[StoredEntry] = []
-        nodes: list[tuple[int, int, bytes]] = []
-        writing: Future[merkle.CompactRange] | None = None
-        with (
-            ThreadPoolExecutor(self._workers, thread_name_prefix="verify") as pool,
-            ThreadPoolExecutor(1, thread_name_prefix="replica-write") as writer,
-        ):
-            try:
-                for start, page in self._pages(staged.size, size):
-                    entries = self._check_page(page, start, pool)
-                    self._extend(staged, entries, rows, nodes)
-                    if len(rows) >= _COMMIT_EVERY:
-                        self._finish(writing)
-                        writing = writer.submit(self._store, rows, nodes, _copy(staged))
-                        rows, nodes = [], []
-                self._finish(writing)
-                writing = None
-                self._finish(writer.submit(self._store, rows, nodes, _copy(staged)))
-            finally:
-                self._finish(writing)
+        with self._checker(size - initial) as check:
+            self._pipeline(staged, size, check)
         fetched = int(size - initial)
         logger.info(
             "ledger witness caught up witness=%s size=%d fetched=%d",
@@ -218,11 +217,66 @@ class Witness:
         )
         return fetched
 
+    @contextlib.contextmanager
+    def _checker(self, count: int) -> Iterator[_Check]:
+        """How pages are checked: on processes when there are many entries."""
+        workers = self._workers or os.cpu_count() or 1
+        if count >= _PROCESS_MIN and workers > 1:
+            with ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_checker,
+                initargs=(self._keys,),
+            ) as processes:
+
+                def submit(start: int, datas: list[bytes]) -> Future[_CheckedRun]:
+                    return processes.submit(_check_run, start, datas)
+
+                yield submit
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="verify") as threads:
+
+            def check(start: int, datas: list[bytes]) -> Future[_CheckedRun]:
+                done: Future[_CheckedRun] = Future()
+                done.set_result(_check_run(start, datas, self._keys, threads, workers))
+                return done
+
+            yield check
+
+    def _pipeline(self, staged: merkle.CompactRange, size: int, check: _Check) -> None:
+        checking: collections.deque[tuple[Future[_CheckedRun], list[bytes]]]
+        checking = collections.deque()
+        rows: list[_EntryRow] = []
+        nodes: list[tuple[int, bytes]] = []
+        writing: Future[merkle.CompactRange] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="replica-write") as writer:
+            try:
+                for start, page in self._pages(staged.size, size):
+                    datas = self._page_datas(page, start)
+                    checking.append((check(start, datas), datas))
+                    while len(checking) > _CHECKS_AHEAD or (
+                        checking and checking[0][0].done()
+                    ):
+                        self._join(staged, *checking.popleft(), rows, nodes)
+                    if len(rows) >= _COMMIT_EVERY:
+                        self._finish(writing)
+                        writing = writer.submit(self._store, rows, nodes, _copy(staged))
+                        rows, nodes = [], []
+                while checking:
+                    self._join(staged, *checking.popleft(), rows, nodes)
+                self._finish(writing)
+                writing = None
+                self._finish(writer.submit(self._store, rows, nodes, _copy(staged)))
+            finally:
+                for future, _ in checking:
+                    future.cancel()
+                self._finish(writing)
+
     def _pages(
         self, start: int, end: int
     ) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
-        """Pages of entries [start, end), fetched one page ahead."""
-        ahead: queue.Queue[Any] = queue.Queue(maxsize=2)
+        """Pages of entries [start, end), fetched a few pages ahead."""
+        ahead: queue.Queue[Any] = queue.Queue(maxsize=_CHECKS_AHEAD)
         stop = threading.Event()
 
         def fetch() -> None:
@@ -255,51 +309,47 @@ class Witness:
                 with contextlib.suppress(queue.Empty):
                     ahead.get(timeout=0.1)
 
-    def _check_page(
-        self, page: list[tuple[int, bytes]], start: int, pool: ThreadPoolExecutor
-    ) -> list[Entry]:
+    def _page_datas(self, page: list[tuple[int, bytes]], start: int) -> list[bytes]:
         indices = [index for index, _ in page]
         if indices != list(range(start, start + len(page))):
             raise self._alarm(
                 "bad entries", f"the log served entries out of order from {start}"
             )
-        try:
-            entries: list[Entry] = verify_entries(
-                [data for _, data in page],
-                self._keys,
-                first_index=start,
-                workers=self._workers,
-                pool=pool,
-            )
-        except EntryError as exc:
-            raise self._alarm("bad entry", str(exc)) from exc
-        return entries
+        return [data for _, data in page]
 
-    @staticmethod
-    def _extend(
-        compact: merkle.CompactRange,
-        entries: list[Entry],
-        rows: list[StoredEntry],
-        nodes: list[tuple[int, int, bytes]],
+    def _join(
+        self,
+        staged: merkle.CompactRange,
+        checking: Future[_CheckedRun],
+        datas: list[bytes],
+        rows: list[_EntryRow],
+        nodes: list[tuple[int, bytes]],
     ) -> None:
-        for entry in entries:
-            leaf = merkle.leaf_hash(entry.data)
-            rows.append(
-                StoredEntry(
-                    compact.size,
-                    leaf,
-                    str(entry.kind),
-                    entry.author,
-                    entry.key,
-                    entry.data,
-                )
+        """Add a checked page to the staged tree and to the rows to store."""
+        run = checking.result()
+        if run.problem is not None:
+            raise self._alarm("bad entry", run.problem)
+        if run.start != staged.size:
+            raise LedgerError(f"page {run.start} joined at size {staged.size}")
+        rows.extend(
+            zip(
+                range(run.start, run.start + len(datas)),
+                run.leaves,
+                run.kinds,
+                run.authors,
+                run.keys,
+                datas,
+                strict=True,
             )
-            nodes.extend(compact.append(leaf))
+        )
+        nodes.extend(run.nodes)
+        for level, index, subtree in run.tops:
+            nodes.extend(_push(staged, level, index, subtree))
 
     def _store(
         self,
-        rows: list[StoredEntry],
-        nodes: list[tuple[int, int, bytes]],
+        rows: list[_EntryRow],
+        nodes: list[tuple[int, bytes]],
         compact: merkle.CompactRange,
     ) -> merkle.CompactRange:
         """Store a run of checked entries (on the writer thread).
@@ -308,7 +358,7 @@ class Witness:
         the replica's once they are durable.
         """
         if rows:
-            self.store.append(rows, nodes, None)
+            self.store.append_rows(rows, nodes)
         self._compact = compact
         return compact
 
@@ -359,3 +409,137 @@ class Witness:
 
 def _copy(compact: merkle.CompactRange) -> merkle.CompactRange:
     return merkle.CompactRange(compact.size, compact.hashes)
+
+
+# --------------------------------------------------------------------------
+# Checking a page of entries (on a worker process or in this one)
+
+
+@dataclass(frozen=True)
+class _CheckedRun:
+    """What checking entries [start, start + len(leaves)) found.
+
+    ``nodes`` are the rows (``node_id``, hash) of every perfect subtree that
+    lies inside the run, its leaves included; ``tops`` are the largest of
+    them, left to right, which cover the run exactly. ``problem`` names the
+    first bad entry; nothing else is filled in then.
+    """
+
+    start: int
+    leaves: list[bytes]
+    kinds: list[str]
+    authors: list[str]
+    keys: list[str]
+    nodes: list[tuple[int, bytes]]
+    tops: list[tuple[int, int, bytes]]
+    problem: str | None = None
+
+
+_Check = Callable[[int, list[bytes]], "Future[_CheckedRun]"]
+_process_keys: KeyRing | None = None
+
+
+def _init_checker(keys: KeyRing) -> None:
+    global _process_keys
+    _process_keys = keys
+
+
+class _Inline(Executor):
+    """Runs each call at once in the calling thread."""
+
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_T]:
+        future: Future[_T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+def _check_run(
+    start: int,
+    datas: list[bytes],
+    keys: KeyRing | None = None,
+    pool: Executor | None = None,
+    workers: int = 1,
+) -> _CheckedRun:
+    """Check entries ``datas`` (the first at index ``start``), hash their tree."""
+    ring = keys or _process_keys
+    assert ring is not None, "the checker process has no key ring"
+    try:
+        entries = verify_entries(
+            datas, ring, first_index=start, workers=workers, pool=pool or _Inline()
+        )
+    except EntryError as exc:
+        return _CheckedRun(start, [], [], [], [], [], [], str(exc))
+    leaves = [merkle.leaf_hash(data) for data in datas]
+    nodes, tops = _subtrees(start, leaves)
+    return _CheckedRun(
+        start,
+        leaves,
+        [str(entry.kind) for entry in entries],
+        [entry.author for entry in entries],
+        [entry.key for entry in entries],
+        nodes,
+        tops,
+    )
+
+
+def _subtrees(
+    start: int, leaves: list[bytes]
+) -> tuple[list[tuple[int, bytes]], list[tuple[int, int, bytes]]]:
+    """The perfect subtrees inside leaves [start, start + len(leaves)).
+
+    Returns their rows and the largest ones that cover the range, in order.
+    """
+    end = start + len(leaves)
+    nodes = [(start + offset, leaf) for offset, leaf in enumerate(leaves)]
+    levels = [(start, leaves)]
+    first, below = start, leaves
+    while len(below) > 1:
+        skip = first & 1  # a first node that is a right child has no pair here
+        above = [
+            merkle.node_hash(below[i], below[i + 1])
+            for i in range(skip, len(below) - 1, 2)
+        ]
+        first = (first + skip) >> 1
+        level = len(levels)
+        nodes.extend(
+            (node_id(level, first + offset), h) for offset, h in enumerate(above)
+        )
+        levels.append((first, above))
+        below = above
+    tops = []
+    position = start
+    while position < end:
+        level = (end - position).bit_length() - 1
+        while position % (1 << level):
+            level -= 1
+        index = position >> level
+        first, hashes = levels[level]
+        tops.append((level, index, hashes[index - first]))
+        position += 1 << level
+    return nodes, tops
+
+
+def _push(
+    compact: merkle.CompactRange, level: int, index: int, subtree: bytes
+) -> list[tuple[int, bytes]]:
+    """Append the perfect subtree ``(level, index)`` to the tree's right edge.
+
+    Its leaves must start at ``compact.size``; returns the rows of the
+    subtrees this completes above it.
+    """
+    assert compact.size == index << level, "subtree out of place"
+    created = []
+    current = subtree
+    compact.size += 1 << level
+    while index & 1:
+        current = merkle.node_hash(compact.hashes.pop(), current)
+        index >>= 1
+        level += 1
+        created.append((node_id(level, index), current))
+    compact.hashes.append(current)
+    return created

@@ -86,6 +86,7 @@ def task_out(row: Task) -> dict[str, Any]:
         "round": row.spec.get("round"),
         "rank": row.spec.get("rank"),
         "category": row.spec.get("category"),
+        "metadata": row.spec.get("metadata") or {},
         "status": row.status,
         "outputs": row.outputs,
         "performances": row.performances,

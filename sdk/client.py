@@ -47,7 +47,7 @@ from airfed.sdk.orchestrator import FINAL_PLAN_STATUSES, OrchestratorClient
 from airfed.sdk.performance import PerformanceTable, performance_table
 from airfed.sdk.plan import ComputePlanBuilder
 from airfed.sdk.profile import Profile, load_profile
-from airfed.sdk.spec import Permission, Permissions, PlanSpec, parse_plan_spec
+from airfed.sdk.spec import Permission, Permissions, PlanSpec
 
 __all__ = [
     "Client",
@@ -483,25 +483,19 @@ class Client:
         return PlanProgress(status, {r: dict(c) for r, c in by_round.items()})
 
     def performance_table(self, plan_key: str) -> PerformanceTable:
-        """The plan's metrics per round, federated and local-only models apart."""
-        metadata: dict[str, Mapping[str, str]] = {}
-        spec = self._plan_spec(plan_key)
-        if spec is not None:
-            metadata = {task.key: task.metadata for task in spec.tasks}
-        result: PerformanceTable = performance_table(
+        """The plan's metrics per round, federated and local-only models apart.
+
+        Which model a test task evaluated comes from the task's metadata, as
+        the worker's node reports it.
+        """
+        metadata = {
+            str(task["key"]): dict(task.get("metadata") or {})
+            for task in self.list_tasks(plan_key)
+        }
+        table: PerformanceTable = performance_table(
             self.performances(plan_key), metadata
         )
-        return result
-
-    def _plan_spec(self, plan_key: str) -> PlanSpec | None:
-        """The plan's spec when an orchestrator is configured and returns it."""
-        if not self._orchestrator_url:
-            return None
-        spec = self.plan_status(plan_key).get("spec")
-        if not isinstance(spec, dict):
-            return None
-        parsed: PlanSpec = parse_plan_spec(spec)
-        return parsed
+        return table
 
     def orchestrator(self) -> OrchestratorClient:
         """Client of the orchestrator's API (Airflow with airfed's plugin)."""

@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,8 +133,10 @@ class LocalProcess:
         """Raise :class:`LocalServiceError` when the process has exited."""
         if self.alive():
             return
+        last = [line for line in self.log_tail().splitlines() if line.strip()]
+        reason = f" ({last[-1].strip()[:200]})" if last else ""
         raise LocalServiceError(
-            f"{self.name} exited with status {self.process.returncode}; "
+            f"{self.name} exited with status {self.process.returncode}{reason}; "
             f"its log is {self.log_path}"
         )
 
@@ -264,10 +267,15 @@ class LocalServices:
                 ],
             )
 
-    def wait_until_ready(self, timeout: float = _START_TIMEOUT) -> None:
-        """Wait until every service launched so far answers; raise if one died."""
+    def wait_until_ready(
+        self, timeout: float = _START_TIMEOUT, cancel: threading.Event | None = None
+    ) -> None:
+        """Wait until every service launched so far answers; raise if one died.
+
+        Setting ``cancel`` (from another thread) ends the wait early.
+        """
         deadline = time.monotonic() + timeout
-        while self._pending:
+        while self._pending and not (cancel is not None and cancel.is_set()):
             for process in self.processes:
                 process.check_alive()
             self._pending = [r for r in self._pending if not r.check()]

@@ -29,6 +29,7 @@ and ``quickstart.json`` (the processes and ports this run uses).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import json
 import logging
@@ -352,6 +353,10 @@ def _table_metadata(spec: PlanSpec) -> dict[str, dict[str, str]]:
 # -- following the plan ---------------------------------------------------------
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _round_label(round_: int) -> str:
     return "initial model" if round_ == 0 else f"round {round_}"
 
@@ -505,15 +510,9 @@ def _run(
     )
     state.ports = list(range(base_port, base_port + 2 * len(organizations) + 1))
     run.step(
-        f"network of {len(organizations)} organizations in {run.network_root} "
+        f"network of {_count(len(organizations), 'organization')} in "
+        f"{run.network_root} "
         f"({', '.join(organizations)})"
-    )
-    opener, files = _write_data(run.workdir / "data", organizations, options.seed)
-    package = package_algorithm(
-        algorithm_for(strategy),
-        run.workdir / "function",
-        name="breast cancer logistic model",
-        metrics=METRICS,
     )
     with contextlib.ExitStack() as stack:
         services = stack.enter_context(
@@ -523,24 +522,31 @@ def _run(
         for organization in organizations:
             services.start_node(organization)
         run.step("ledger log, witnesses and nodes starting")
+        preparation = _Preparation(run, services, organizations, strategy)
+        preparation.start()
+        stack.callback(preparation.cancel)
         port = free_port(options.orchestrator_port)
         state.ports.append(port)
         state.save()
         run.step(f"starting Airflow on 127.0.0.1:{port} (SQLite, LocalExecutor)")
-        orchestrator = stack.enter_context(
-            start_orchestrator(
-                run.workdir / "airflow",
-                run.network_root,
-                port=port,
-                extra_environment={"AIRFLOW__AIRFED__LEDGER": "on"},
+        try:
+            orchestrator = stack.enter_context(
+                start_orchestrator(
+                    run.workdir / "airflow",
+                    run.network_root,
+                    port=port,
+                    extra_environment={"AIRFLOW__AIRFED__LEDGER": "on"},
+                )
             )
-        )
-        state.processes.update(
-            {f"airflow-{n}": p.pid for n, p in orchestrator.processes.items()}
-        )
-        state.status = "running"
-        state.save()
-        services.wait_until_ready()
+            state.processes.update(
+                {f"airflow-{n}": p.pid for n, p in orchestrator.processes.items()}
+            )
+            state.status = "running"
+            state.save()
+            opener, files, package = preparation.outcome()
+        except KeyboardInterrupt:
+            preparation.raise_failure()  # a node that died stopped the start
+            raise
         run.step(f"Airflow is up at {orchestrator.url}; every node answers")
         # Run first when the block ends, last registered first: a second
         # Ctrl-C must not cut the stopping short, and every process is asked
@@ -567,6 +573,64 @@ def _run(
             _hold(run, orchestrator, result, check_alive)
         run.step("stopping every process")
     return result
+
+
+class _Preparation(threading.Thread):
+    """What runs while Airflow starts: the organizations' data and the
+    function are written, and the nodes are waited for. A node that dies
+    interrupts the main thread (like Ctrl-C), which then reports the node."""
+
+    def __init__(
+        self,
+        run: _Run,
+        services: LocalServices,
+        organizations: list[str],
+        strategy: Strategy,
+    ) -> None:
+        super().__init__(name="quickstart-preparation", daemon=True)
+        self._run_ = run
+        self._services = services
+        self._organizations = organizations
+        self._strategy = strategy
+        self._cancel = threading.Event()
+        self._failure: BaseException | None = None
+        self._result: tuple[Path, list[_OrganizationFiles], AlgorithmPackage] | None
+        self._result = None
+
+    def run(self) -> None:
+        try:
+            workdir = self._run_.workdir
+            opener, files = _write_data(
+                workdir / "data", self._organizations, self._run_.options.seed
+            )
+            package = package_algorithm(
+                algorithm_for(self._strategy),
+                workdir / "function",
+                name="breast cancer logistic model",
+                metrics=METRICS,
+            )
+            self._services.wait_until_ready(cancel=self._cancel)
+            self._result = (opener, files, package)
+        except BaseException as exc:  # reported by the main thread
+            self._failure = exc
+            if not self._cancel.is_set():
+                _thread.interrupt_main()
+
+    def cancel(self) -> None:
+        """Stop waiting (the run is ending); never interrupt the main thread."""
+        self._cancel.set()
+        self.join()
+
+    def raise_failure(self) -> None:
+        """Raise what failed here, if anything did."""
+        if self._failure is not None:
+            raise self._failure
+
+    def outcome(self) -> tuple[Path, list[_OrganizationFiles], AlgorithmPackage]:
+        self.join()
+        self.raise_failure()
+        assert self._result is not None
+        return self._result
 
 
 @dataclass(frozen=True)
@@ -606,8 +670,9 @@ def _run_plan(
         )
         client.submit(spec)
         run.step(
-            f"plan {spec.key} submitted: {strategy.name}, {run.options.rounds} rounds, "
-            f"{len(spec.tasks)} tasks (DAG {dag_id_for(spec.key)})"
+            f"plan {spec.key} submitted: {strategy.name}, "
+            f"{_count(run.options.rounds, 'round')}, {len(spec.tasks)} tasks "
+            f"(DAG {dag_id_for(spec.key)})"
         )
         try:
             status = _follow(
@@ -638,12 +703,13 @@ def _hold(
     check_alive: Callable[[], None],
 ) -> None:
     """Leave everything up until Ctrl-C (or SIGTERM)."""
+    profile = run.network_root / organization_ids(1)[0]
     run.out.print(
         f"\nAirflow UI: {orchestrator.url}  (login {orchestrator.username} / "
         f"{orchestrator.password})\n"
         f"The plan's DAG: {orchestrator.url}/dags/{dag_id_for(result.plan_key)}\n"
-        f"Profile of the plan's creator: {run.network_root / organization_ids(1)[0]} "
-        "(try 'airfed plan list --profile ...')\n"
+        f"From the command line: airfed plan show {result.plan_key} "
+        f"--profile {profile}\n"
         "Press Ctrl-C to stop everything.",
         highlight=False,
     )

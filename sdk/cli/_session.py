@@ -27,6 +27,7 @@ __all__ = [
     "UsernameOption",
     "open_client",
     "parse_permission",
+    "parse_permissions",
 ]
 
 ProfileOption = Annotated[

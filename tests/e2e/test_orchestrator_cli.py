@@ -77,6 +77,8 @@ def test_start_serves_airflow_on_loopback_and_stops_every_component(
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=120)
+        assert process.stdout is not None
+        process.stdout.close()
 
     assert process.returncode == 0
     deadline = time.monotonic() + 30

@@ -4,6 +4,7 @@ the real ledger processes and Airflow on its embedded default."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -64,11 +65,28 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _mentioning(workdir: Path) -> list[str]:
+    """Processes whose command line or environment names ``workdir``."""
+    needle = str(workdir).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in seen:
+            found.append(f"{entry.name} {seen[:200]!r}")
+    return found
+
+
 def _assert_nothing_left(workdir: Path) -> None:
     state = _state(workdir)
     leaders = set(state["processes"].values())
     assert leaders, "the quickstart recorded no process"
     assert _sessions_alive(leaders) == []
+    assert _mentioning(workdir) == []
     assert [p for p in state["ports"] if _port_in_use(p)] == []
 
 
@@ -137,6 +155,27 @@ def test_a_folder_with_other_files_is_refused_and_left_alone(tmp_path: Path) -> 
     assert len(lines) == 1
     assert "--force" in lines[0]
     assert sorted(p.name for p in workdir.iterdir()) == ["notes.txt"]
+
+
+def test_a_node_that_cannot_start_fails_the_run_in_one_line(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    broken = {**os.environ, "AIRFED_NODE_DATABASE_URL": "sqlite:////no/such/dir/x.db"}
+
+    result = subprocess.run(
+        _command(workdir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=broken,
+    )
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: node-org")
+    assert str(workdir / "logs") in last
+    _assert_nothing_left(workdir)
 
 
 def _wait_for_nodes_launched(workdir: Path, process: subprocess.Popen[str]) -> None:

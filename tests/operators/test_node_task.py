@@ -190,3 +190,23 @@ async def test_trigger_can_end_a_done_task_with_its_xcom(
     result = event.xcoms["return_value"]
     assert result["status"] == "done"
     assert set(result["outputs"]["model"]) == {"kind", "model_key", "checksum"}
+
+
+def test_execute_on_a_worker_posts_the_task_then_defers(
+    federation: tuple[Federation, dict[str, RunningNode]],
+) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from airfed.operators import NodeTaskOperator
+
+    fed, nodes = federation
+    spec = fed.plan(rounds=1)
+    operator = NodeTaskOperator(task_spec=spec.tasks[0], start_from_trigger=False)
+
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context={})
+
+    assert deferred.value.method_name == "execute_complete"
+    assert deferred.value.trigger.submit is False
+    with nodes["a"].client(nodes["a"].config.home) as node:
+        assert node.get_task(spec.tasks[0].key)["key"] == spec.tasks[0].key

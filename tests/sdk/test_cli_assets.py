@@ -159,6 +159,7 @@ def plan_key(setup: Setup, registered: dict[str, str]) -> str:
             category="test",
             round=1,
             inputs=[parent_input("model", train, "model")],
+            metadata={"model": "local", "organization": "a"},
         )
         builder.add_task(
             broken["key"],
@@ -233,9 +234,9 @@ def test_task_list_and_logs(setup: Setup, plan_key: str) -> None:
 
 def test_plan_perf_table(setup: Setup, plan_key: str) -> None:
     data = setup.ok("plan", "perf", plan_key, "--json").json()
-    assert data["performances"] == {"federated": {"mean": {"1": 4.0}}}
+    assert data["performances"] == {"local:a": {"mean": {"1": 4.0}}}
     table = setup.ok("plan", "perf", plan_key).stdout
-    assert "federated mean" in table
+    assert "local:a mean" in table
     assert "4.0000" in table
 
 
