@@ -53,7 +53,7 @@ TUNED = {
     "core": ["executor", "parallelism"],
     "scheduler": ["scheduler_idle_sleep_time", "scheduler_heartbeat_sec"],
     "dag_processor": ["parsing_processes", "min_file_process_interval"],
-    "airfed": ["node_poll_interval"],
+    "airfed": ["node_poll_interval", "finish_in_triggerer"],
 }
 
 
@@ -288,6 +288,12 @@ def main() -> None:
     results["machine"] = {"cpus": _cpus(), "python": platform.python_version()}
     results["airflow_settings_tuned"] = _tuned_settings()
     results["target_overhead_per_level_seconds"] = 0.5
+    results["design"] = (
+        "Tasks start in the triggerer (start_from_trigger): no worker slot while "
+        "a node works. By default a done task resumes on a worker so that "
+        "listeners (the ledger) see it end; --finish-in-triggerer ends it in the "
+        "triggerer instead."
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(json.dumps(measured or results["parse_1000_task_plan"], indent=2))

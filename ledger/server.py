@@ -184,10 +184,11 @@ class LedgerServicer(pb_grpc.LedgerServicer):  # type: ignore[misc,unused-ignore
         end = min(request.end, request.start + MAX_PAGE)
         if request.start < 0 or end < request.start:
             _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "bad entry range")
-        rows = self.store.entry_datas(request.start, end)
-        return pb.GetEntriesResponse(
-            entries=[pb.Entry(index=index, data=data) for index, data in rows]
-        )
+        response = pb.GetEntriesResponse()
+        add = response.entries.add  # fills the message in place, no copies
+        for index, data in self.store.entry_datas(request.start, end):
+            add(index=index, data=data)
+        return response
 
     def FindEntries(
         self, request: pb.FindEntriesRequest, context: grpc.ServicerContext

@@ -238,12 +238,16 @@ class LedgerStore:
         """The index and bytes of entries [start, end), in index order."""
         with self._read() as conn:
             if conn.dialect.name == "sqlite":
-                rows = conn.exec_driver_sql(
-                    "SELECT idx, data FROM ledger_entries "
-                    "WHERE idx >= ? AND idx < ? ORDER BY idx",
-                    (start, end),
-                )
-                return [(int(i), bytes(d)) for i, d in rows]
+                cursor = conn.connection.dbapi_connection.cursor()
+                try:
+                    cursor.execute(
+                        "SELECT idx, data FROM ledger_entries "
+                        "WHERE idx >= ? AND idx < ? ORDER BY idx",
+                        (start, end),
+                    )
+                    return list(cursor.fetchall())
+                finally:
+                    cursor.close()
             query = (
                 sa.select(entries_table.c.idx, entries_table.c.data)
                 .where(entries_table.c.idx >= start, entries_table.c.idx < end)

@@ -208,6 +208,7 @@ def _dataset_routes(
         openapi_extra=_multipart_doc({"metadata": "", "opener": "binary"}),
     )
     async def create_dataset(request: Request, who: Who) -> dict[str, Any]:
+        store.check_dataset_creator(who)
         upload = await receive_multipart(
             request,
             context.objects,

@@ -165,6 +165,19 @@ class ObjectWriter:
             view = view[len(piece) :]
         return len(data)
 
+    def write_from(self, handle: io.FileIO) -> None:
+        """Read a whole file straight into the chunk buffer (no extra copy)."""
+        pending = memoryview(self._pending)
+        while True:
+            if self._filled == self._chunk_size:
+                self._seal(pending, final=False)
+                self._filled = 0
+            count = handle.readinto(pending[self._filled :]) or 0
+            if count == 0:
+                return
+            self._filled += count
+            self._size += count
+
     def _seal(self, chunk: memoryview, *, final: bool) -> None:
         """Hash, encrypt and write one chunk."""
         self._digest.update(chunk)
@@ -234,11 +247,8 @@ class ObjectStore:
 
     def put_file(self, source: Path) -> StoredObject:
         """Encrypt a plaintext file into the store."""
-        buffer = bytearray(self.chunk_size)
-        view = memoryview(buffer)
         with self.writer() as writer, Path(source).open("rb", buffering=0) as handle:
-            while count := handle.readinto(buffer):
-                writer.write(view[:count])
+            writer.write_from(handle)
             return writer.commit()
 
     def put_bytes(self, data: bytes) -> StoredObject:

@@ -173,6 +173,10 @@ class AssetStore:
 
     # -- datasets
 
+    def check_dataset_creator(self, caller: Caller) -> None:
+        """Fail before an upload is read when the caller may not register."""
+        self._require_owner_org(caller, "datasets")
+
     def create_dataset(
         self,
         caller: Caller,

@@ -402,7 +402,7 @@ def _follow(
     return status
 
 
-def _failure(client: Client, spec: PlanSpec, status: Mapping[str, Any]) -> str:
+def _failure(client: Client, status: Mapping[str, Any]) -> str:
     """What went wrong: the first failed task and, if its node says, why."""
     state = str(status.get("status"))
     failed = [t for t in status.get("tasks") or () if t.get("state") == "failed"]
@@ -686,7 +686,7 @@ def _run_plan(
         if outcome == "success":
             run.step("plan done")
             return QuickstartResult("done", spec.key, table)
-        error = f"{_failure(client, spec, status)}; {run.logs_hint()}"
+        error = f"{_failure(client, status)}; {run.logs_hint()}"
         return QuickstartResult(outcome, spec.key, table, error)
 
 

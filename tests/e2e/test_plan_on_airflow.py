@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from airfed.ledger.server import serve_log
 from airfed.sdk._airflow import RunningOrchestrator
+from airfed.sdk._ledger import register_plan
 from airfed.sdk.errors import NodeRequestError
 from airfed.sdk.network import Network, client_ssl_context
 from airfed.sdk.node_client import NodeClient
-from airfed.sdk.orchestrator import task_id_for, wait_for_plan
+from airfed.sdk.orchestrator import OrchestratorClient, task_id_for, wait_for_plan
+from airfed.sdk.spec import PlanSpec
 from tests.e2e.federation import Federation, register_federation
 from tests.support.airflow import running_orchestrator
+from tests.support.ledger import fast_witnesses
 from tests.support.nodes import RunningNode, create_token, start_nodes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.postgres]
@@ -32,25 +36,40 @@ class Stack:
         profile = self.network.root / "orchestrator"
         return NodeClient(self.nodes[org].url, client_ssl_context(profile))
 
+    def submit(self, client: OrchestratorClient, spec: PlanSpec) -> dict[str, str]:
+        """Register the plan on the ledger as its creator, then submit it."""
+        register_plan(self.network.root / spec.creator, spec)
+        answer: dict[str, str] = client.submit_plan(spec)
+        return answer
+
 
 @pytest.fixture
-def stack(network: Network, pg_url: str, tmp_path: Path) -> Iterator[Stack]:
-    """Three nodes and Airflow on PostgreSQL."""
-    with (
-        start_nodes(network, ["a", "b", "c"]) as nodes,
-        running_orchestrator(
-            tmp_path / "airflow", network.root, database_url=pg_url
-        ) as orchestrator,
-    ):
-        federation = register_federation(nodes, network.root, tmp_path / "assets")
-        yield Stack(network, nodes, orchestrator, federation)
+def stack(
+    network: Network, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Stack]:
+    """Three nodes and Airflow on PostgreSQL, with the ledger on."""
+    monkeypatch.setenv("AIRFED_NODE_LEDGER", "on")
+    monkeypatch.setenv("AIRFLOW__AIRFED__LEDGER", "on")
+    fast_witnesses(network)
+    log = serve_log(network.root, batch_interval=0.05)
+    try:
+        with (
+            start_nodes(network, ["a", "b", "c"]) as nodes,
+            running_orchestrator(
+                tmp_path / "airflow", network.root, database_url=pg_url
+            ) as orchestrator,
+        ):
+            federation = register_federation(nodes, network.root, tmp_path / "assets")
+            yield Stack(network, nodes, orchestrator, federation)
+    finally:
+        log.stop()
 
 
 def test_plan_succeeds_and_every_node_task_is_done(stack: Stack) -> None:
     spec = stack.federation.plan(rounds=2)
 
     with stack.orchestrator.client() as client:
-        submitted = client.submit_plan(spec)
+        submitted = stack.submit(client, spec)
         plan = wait_for_plan(client, spec.key, timeout=600, poll_interval=0.5)
 
     assert submitted["dag_id"] == f"airfed_plan_{spec.key}"
@@ -73,7 +92,7 @@ def test_failing_function_fails_the_run_and_its_log_is_readable(
     broken = next(t for t in spec.tasks if t.worker == "b")
 
     with stack.orchestrator.client() as client:
-        client.submit_plan(spec)
+        stack.submit(client, spec)
         plan = wait_for_plan(client, spec.key, timeout=600, poll_interval=0.5)
 
     assert plan["status"] == "failed"
@@ -97,7 +116,7 @@ def test_cancel_stops_the_run_and_the_running_node_tasks(stack: Stack) -> None:
     slow = next(t for t in spec.tasks if t.worker == "c")
 
     with stack.orchestrator.client() as client:
-        client.submit_plan(spec)
+        stack.submit(client, spec)
         _wait_for_node_status(stack, slow.worker, slow.key, "executing")
         answer = client.cancel_plan(spec.key)
         plan = wait_for_plan(client, spec.key, timeout=120, poll_interval=0.5)

@@ -181,3 +181,16 @@ def test_decrypt_to_writes_the_plaintext_or_nothing(tmp_path: Path) -> None:
     with pytest.raises(DecryptionFailed):
         store.decrypt_to(stored.object_id, dest)
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("size", [0, CHUNK - 3, CHUNK, 3 * CHUNK + 5])
+def test_put_file_reads_the_file_in_chunks(tmp_path: Path, size: int) -> None:
+    store = _store(tmp_path)
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(size))
+
+    stored = store.put_file(source)
+
+    assert stored.size == size
+    assert stored.checksum == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert b"".join(store.read(stored.object_id)) == source.read_bytes()
