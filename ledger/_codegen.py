@@ -1,6 +1,7 @@
 """Generate the gRPC code of ``ledger.proto``: ``python -m airfed.ledger._codegen``.
 
-The generated ``ledger_pb2.py`` and ``ledger_pb2_grpc.py`` are checked in;
+The generated ``ledger_pb2.py`` (with its ``.pyi`` stub) and ``ledger_pb2_grpc.py``
+are checked in;
 a test regenerates them and compares.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 __all__ = ["GENERATED", "generate"]
 
 PROTO = Path(__file__).with_name("ledger.proto")
-GENERATED = ("ledger_pb2.py", "ledger_pb2_grpc.py")
+GENERATED = ("ledger_pb2.py", "ledger_pb2.pyi", "ledger_pb2_grpc.py")
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -30,6 +31,7 @@ def generate(out_dir: Path) -> list[Path]:
                 "protoc",
                 f"-I{tmp}",
                 f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
                 f"--grpc_python_out={tmp}",
                 str(package / "ledger.proto"),
             ]

@@ -207,13 +207,7 @@ class LedgerStore:
         found: dict[int, bytes] = {}
         with self._read() as conn:
             for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = conn.execute(
-                    sa.select(nodes_table.c.id, nodes_table.c.hash).where(
-                        nodes_table.c.id.in_(chunk)
-                    )
-                )
-                found.update((int(i), bytes(h)) for i, h in rows)
+                found.update(_node_rows(conn, ids[start : start + 500]))
         missing = [n for n, i in zip(nodes, ids, strict=True) if i not in found]
         if missing:
             raise LedgerStoreError(f"the ledger's tree lacks the nodes {missing[:3]}")
@@ -492,6 +486,30 @@ def _bulk_insert(
             cursor.close()
         return
     conn.execute(table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
+
+
+def _node_rows(conn: Connection, ids: list[int]) -> list[tuple[int, bytes]]:
+    """The (id, hash) rows of the nodes ``ids``; on SQLite through the driver.
+
+    A proof reads a few dozen nodes: the driver's cursor keeps that well
+    under a millisecond, where building a statement would take most of it.
+    """
+    if conn.dialect.name == "sqlite":
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            marks = ", ".join("?" * len(ids))
+            # Only placeholders are formatted in; the ids are bound.
+            cursor.execute(
+                f"SELECT id, hash FROM ledger_nodes WHERE id IN ({marks})",  # noqa: S608
+                ids,
+            )
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+    query = sa.select(nodes_table.c.id, nodes_table.c.hash).where(
+        nodes_table.c.id.in_(ids)
+    )
+    return [(int(i), bytes(h)) for i, h in conn.execute(query)]
 
 
 def _stored(row: Any) -> StoredEntry:
