@@ -240,22 +240,24 @@ def main() -> None:
         _write(args.output, rows, sum(part["seconds"] for part in parts))
         return
     started = time.monotonic()
-    rows = _run_all(settings(args.quick, args.dataset))
-    seconds = time.monotonic() - started
-    if args.dataset:
-        document = {"seed": SEED, "seconds": seconds, "settings": rows}
-        part = args.output / f"accuracy.{args.dataset}.json"
-        part.write_text(json.dumps(document, indent=1) + "\n")
-        return
-    _write(args.output, rows, seconds)
+    part = args.output / f"accuracy.{args.dataset}.json" if args.dataset else None
+    rows = _run_all(settings(args.quick, args.dataset), part)
+    if part is None:
+        _write(args.output, rows, time.monotonic() - started)
 
 
-def _run_all(chosen: list[Setting]) -> list[dict[str, Any]]:
-    rows = []
+def _run_all(chosen: list[Setting], part: Path | None) -> list[dict[str, Any]]:
+    """Run the settings; a part file is rewritten after each one."""
+    rows: list[dict[str, Any]] = []
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="airfed-accuracy-") as tmp:
         for index, setting in enumerate(chosen):
             row = run_setting(setting, Path(tmp) / str(index))
             rows.append(row)
+            if part is not None:
+                seconds = time.monotonic() - started
+                document = {"seed": SEED, "seconds": seconds, "settings": rows}
+                part.write_text(json.dumps(document, indent=1) + "\n")
             fedavg = row["strategies"]["fedavg"]
             print(
                 f"{row['setting']}: pooled {row['pooled']:.1f}, local "

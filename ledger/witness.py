@@ -34,6 +34,7 @@ from concurrent.futures import (
     ProcessPoolExecutor,
     ThreadPoolExecutor,
 )
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -326,7 +327,12 @@ class Witness:
         nodes: list[tuple[int, bytes]],
     ) -> None:
         """Add a checked page to the staged tree and to the rows to store."""
-        run = checking.result()
+        try:
+            run = checking.result()
+        except BrokenProcessPool as exc:
+            raise LedgerError(
+                f"the replica's checking processes stopped: {exc}"
+            ) from exc
         if run.problem is not None:
             raise self._alarm("bad entry", run.problem)
         if run.start != staged.size:

@@ -57,7 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _STOP_TIMEOUT = 15.0
-_START_TIMEOUT = 90.0
+_START_TIMEOUT = 180.0
 _POLL_SECONDS = 0.2
 _LAUNCH = "from airfed.sdk.cli import main; main()"
 

@@ -103,6 +103,9 @@ _OWN_ENTRIES = ("network", "airflow", "data", "function", "logs", QUICKSTART_FIL
 _DATA_SET = "breast_cancer"
 _POLL_SECONDS = 2.0
 _STOP_GRACE = 10.0
+# Airflow's four components import for minutes on a slow or busy machine; a
+# component that dies fails the start at once.
+_AIRFLOW_START_TIMEOUT = 600.0
 
 
 class QuickstartError(AirfedError):  # type: ignore[misc,unused-ignore]
@@ -536,6 +539,7 @@ def _run(
                     run.network_root,
                     port=port,
                     extra_environment={"AIRFLOW__AIRFED__LEDGER": "on"},
+                    startup_timeout=_AIRFLOW_START_TIMEOUT,
                 )
             )
             state.processes.update(
