@@ -19,14 +19,20 @@ sets ``AIRFED_NODE_LEDGER=off``, as unit tests of the node alone do):
   ``ledger_plan_wait_seconds`` (30 s); a plan the log does not hold fails
   the task at once with "plan ... is not recorded on the ledger";
 - it runs its organization's witness in a thread (``ledger_witness: off``
-  turns it off): the replica in ``ledger-replica.db`` next to node.yaml
-  (``ledger_replica_database_url`` to move it), synced every
+  turns it off): the replica in ``ledger-replica.db`` next to node.yaml, or
+  in the storage folder when node.yaml's folder is not the organization's
+  profile (``ledger_replica_database_url`` to move it), synced every
   ``ledger_witness_interval`` seconds (1 s). A split view shows on
-  ``GET /health`` as ``"status": "alarm"`` with the witness's alarms.
+  ``GET /health`` as ``"status": "alarm"`` with the witness's alarms. The
+  replica is served read-only over gRPC on the organization's
+  ``ledger_address`` (``ledger_serve_replica: off`` turns it off), so that
+  partners can compare what the log showed each of them.
 
-Known shortcoming: statements not yet sent when the node stops are kept
-for five seconds only (the queue is in memory), and a task failed in bulk
-when the node restarts is not written to the ledger.
+Known shortcomings: statements not yet sent when the node stops are kept
+for five seconds only (the queue is in memory); a task failed in bulk when
+the node restarts is not written to the ledger; and the node checks the
+creator's registration of the plan key, not that the task is one of the
+registered spec's tasks (it never sees the spec).
 """
 
 from __future__ import annotations
@@ -53,8 +59,16 @@ from airfed.node_api._db import DataSample, Dataset, Function, Model, ModelAcces
 from airfed.node_api.errors import TaskFailed
 from airfed.sdk._ledger import EntrySender, Statement
 from airfed.sdk.errors import ConfigError
+from airfed.sdk.network import NodeConfig
 
-__all__ = ["LEDGER_ENV", "LedgerSettings", "NodeLedger", "ledger_settings"]
+__all__ = [
+    "LEDGER_ENV",
+    "LedgerSettings",
+    "NodeLedger",
+    "ledger_profile",
+    "ledger_settings",
+    "node_ledger",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +85,7 @@ class LedgerSettings:
     witness_interval: float
     plan_wait_seconds: float
     replica_database_url: str | None
+    serve_replica: bool
 
 
 def _switch(value: Any, name: str) -> bool:
@@ -96,7 +111,37 @@ def ledger_settings(context: NodeContext) -> LedgerSettings:
         witness_interval=float(raw.get("ledger_witness_interval", 1.0)),
         plan_wait_seconds=float(raw.get("ledger_plan_wait_seconds", 30.0)),
         replica_database_url=raw.get("ledger_replica_database_url"),
+        serve_replica=_switch(raw.get("ledger_serve_replica", "on"), "serve_replica"),
     )
+
+
+def ledger_profile(config: NodeConfig) -> Path:
+    """A profile folder (``DIR/<org>``) with the node's keys, for the ledger code.
+
+    The folder of node.yaml is one when the node runs from ``airfed network
+    init``'s layout; otherwise (e.g. files mounted one by one in a pod) a
+    folder of links to the node's files is made in its storage folder.
+    """
+    home = Path(config.home)
+    wanted = {
+        Path("tls/ca.crt"): Path(config.ca_file),
+        Path("tls/tls.crt"): Path(config.cert_file),
+        Path("tls/tls.key"): Path(config.key_file),
+        Path("identity.key"): Path(config.identity_key_file),
+        Path("../network.yaml"): config.network.root / "network.yaml",
+    }
+    if home.name == config.organization and all(
+        (home / name).resolve() == target.resolve() for name, target in wanted.items()
+    ):
+        return home
+    view = Path(config.storage_dir) / "ledger-profile" / str(config.organization)
+    for name, target in wanted.items():
+        link = view.parent / name.name if name.parts[0] == ".." else view / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(target.resolve())
+    return view
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -240,13 +285,14 @@ class NodeLedger:
         self.ctx = context
         self.settings = settings
         self.network = context.config.network
-        self.home = Path(context.config.home)
+        self.home = ledger_profile(context.config)
         self._engine = context.db.engine
         self._sender: EntrySender | None = None
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._witness: Any = None
         self._witness_client: Any = None
+        self._replica: Any = None
         self._witness_stop = threading.Event()
         self._witness_thread: threading.Thread | None = None
         self._recorded_plans: set[tuple[str, str | None, str | None]] = set()
@@ -285,6 +331,8 @@ class NodeLedger:
         self._witness_stop.set()
         if self._witness_thread is not None:
             self._witness_thread.join(timeout=10)
+        if self._replica is not None:
+            self._replica.stop()
         if self._witness is not None:
             self._witness.close()
             self._witness_client.close()
@@ -435,6 +483,17 @@ class NodeLedger:
             daemon=True,
         )
         self._witness_thread.start()
+        if self.settings.serve_replica:
+            self._serve_replica()
+
+    def _serve_replica(self) -> None:
+        """Serve the replica read-only on the organization's ledger address."""
+        from airfed.ledger.server import serve_replica
+
+        try:
+            self._replica = serve_replica(self._witness)
+        except ConfigError as exc:
+            logger.warning("ledger replica not served error=%s", exc)
 
     def health(self) -> dict[str, Any]:
         """The ledger's part of ``GET /health``."""

@@ -337,6 +337,10 @@ class TaskService:
                 setattr(row, name, value)
         logger.info("task ended task=%s status=%s", key, status)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def cancel_event(self, key: str) -> threading.Event:
         return self._cancels.setdefault(key, threading.Event())
 
@@ -628,6 +632,10 @@ class _TaskRun:
         log_text = str(outcome.log or "")
         status = str(outcome.status)
         result = dict(outcome.result or {})
+        if self.service.stopping:
+            error = "the node stopped while the task ran; submit it again"
+            self.service._finish(self.key, FAILED, logs=log_text, error=error)
+            return
         if self.cancel.is_set() or status == CANCELED:
             self.service._finish(self.key, CANCELED, logs=log_text, error="canceled")
             return

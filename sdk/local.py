@@ -2,12 +2,13 @@
 
 :class:`LocalServices` starts an organization's node (``airfed node start
 --config DIR/<org>/node.yaml``), the ledger's log (``airfed ledger serve``)
-and each organization's witness (``airfed ledger witness``) as processes of
-their own session, with their output in a log file each. It waits until a
-node answers ``/health`` over mutual TLS and until the log accepts
-connections, and stops every process it started by its process group:
-SIGTERM first, SIGKILL for what does not stop in time. Used as a context
-manager, it stops them when the block ends, however it ends::
+and, when a node does not run it, an organization's witness (``airfed
+ledger witness``) as processes of their own session, with their output in
+a log file each. It waits until a node answers ``/health`` over mutual
+TLS and until the log accepts connections, and stops every process it
+started by its process group: SIGTERM first, SIGKILL for what does not stop
+in time. Used as a context manager, it stops them when the block ends,
+however it ends::
 
     with LocalServices(network_root, log_dir) as services:
         services.start_ledger()

@@ -5,9 +5,10 @@ on this machine and on loopback only:
 
 1. creates a network of organizations (``org1``, ``org2``, ...) in a work
    folder: their keys and certificates, ``node.yaml`` each;
-2. starts the ledger's log, each organization's witness and node as local
-   processes, and the orchestrator (Airflow on SQLite with its
-   LocalExecutor);
+2. starts the ledger's log and each organization's node (which runs the
+   organization's ledger witness) as local processes, and the orchestrator
+   (Airflow on SQLite with its LocalExecutor), while the data and the
+   function are written;
 3. gives each organization its share of the Wisconsin breast cancer set
    (scikit-learn; a seeded IID partition, a held-out test part each) and
    registers it on the organization's own node as a dataset with two data
@@ -16,9 +17,9 @@ on this machine and on loopback only:
    every node, builds a plan with the chosen strategy (Federated Averaging
    by default) plus each organization's local-only baseline, submits it, and
    follows it round by round;
-5. collects the accuracy of every round, federated model
-   against local-only models, and stops everything it started, also on
-   Ctrl-C and on errors.
+5. collects the accuracy of every round, federated model against
+   local-only models, and stops everything it started, also on Ctrl-C and
+   on errors.
 
 Work folder layout: ``network/`` (the network; ``network/<org>`` is each
 organization's profile), ``airflow/`` (``AIRFLOW_HOME``, with Airflow's
@@ -524,7 +525,7 @@ def _run(
         services.start_ledger()  # each node runs its organization's witness
         for organization in organizations:
             services.start_node(organization)
-        run.step("ledger log, witnesses and nodes starting")
+        run.step("ledger log and nodes starting")
         preparation = _Preparation(run, services, organizations, strategy)
         preparation.start()
         stack.callback(preparation.cancel)

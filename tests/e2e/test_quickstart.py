@@ -159,7 +159,7 @@ def test_a_folder_with_other_files_is_refused_and_left_alone(tmp_path: Path) -> 
 
 def test_a_node_that_cannot_start_fails_the_run_in_one_line(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
-    broken = {**os.environ, "AIRFED_NODE_DATABASE_URL": "sqlite:////no/such/dir/x.db"}
+    broken = {**os.environ, "AIRFED_NODE_DATABASE_URL": "nosuchdriver://nowhere/x"}
 
     result = subprocess.run(
         _command(workdir),
@@ -174,6 +174,7 @@ def test_a_node_that_cannot_start_fails_the_run_in_one_line(tmp_path: Path) -> N
     assert result.stdout == ""
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: node-org")
+    assert "nosuchdriver" in last  # why the node stopped, from its log
     assert str(workdir / "logs") in last
     _assert_nothing_left(workdir)
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from airfed.ledger._network import key_ring
+from airfed.ledger.checkpoint import log_origin
 from airfed.ledger.client import LedgerClient
 from airfed.ledger.entries import Entry, EntryKind, parse_entry, verify_entry
 from airfed.ledger.evidence import verify_plan_recorded
@@ -236,3 +237,16 @@ def test_catalog_and_listing_derive_from_the_ledger(stack: Stack) -> None:
     by_key = {item["key"]: item for item in json.loads(listed.stdout)}
     assert by_key[org.dataset_key]["nodes"] == ["c"]
     assert by_key[org.dataset_key]["opener_checksum"] == dataset.data["opener_checksum"]
+
+
+def test_each_node_serves_its_replica_to_partners(stack: Stack) -> None:
+    replica_of_b = stack.network.organization("b").ledger_address
+
+    with LedgerClient(replica_of_b, stack.network.root / "c") as replica:
+        note = wait_for("b's replica checkpoint", replica.latest_checkpoint)
+        first = replica.entries_page(0, 1)
+    with stack.ledger("c") as log:
+        logged = log.entries_page(0, 1)
+
+    assert note.startswith(log_origin(stack.network.name))
+    assert first == logged

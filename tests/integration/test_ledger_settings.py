@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from airfed.node_api._context import NodeContext
-from airfed.node_api._ledger import LEDGER_ENV, node_ledger
+from airfed.node_api._ledger import LEDGER_ENV, ledger_profile, node_ledger
 from airfed.sdk.errors import ConfigError
-from airfed.sdk.network import Network, load_node_config
+from airfed.sdk.network import Network, load_network, load_node_config
 
 
 def _context(network: Network, **settings: object) -> NodeContext:
@@ -50,3 +52,29 @@ def test_a_ledger_setting_that_is_neither_on_nor_off_is_refused(
 
     with pytest.raises(ConfigError, match="ledger must be on or off, not 'maybe'"):
         node_ledger(_context(network, ledger="maybe"))
+
+
+def test_a_node_whose_files_are_mounted_apart_gets_a_profile_of_links(
+    network: Network, tmp_path: Path
+) -> None:
+    home = network.root / "a"
+    mounted = tmp_path / "etc" / "node"
+    mounted.mkdir(parents=True)
+    config = yaml.safe_load((home / "node.yaml").read_text())
+    config.update(
+        network=str(network.root / "network.yaml"),
+        tls={key: str(home / path) for key, path in config["tls"].items()},
+        identity_key=str(home / "identity.key"),
+        master_key=str(home / "master.key"),
+        storage_dir=str(tmp_path / "storage"),
+    )
+    (mounted / "node.yaml").write_text(yaml.safe_dump(config))
+
+    profile = ledger_profile(load_node_config(mounted / "node.yaml"))
+
+    assert profile == tmp_path / "storage" / "ledger-profile" / "a"
+    assert (profile / "tls" / "tls.key").read_bytes() == (
+        home / "tls" / "tls.key"
+    ).read_bytes()
+    assert load_network(profile.parent).organization("a").id == "a"
+    assert ledger_profile(load_node_config(home / "node.yaml")) == home
