@@ -633,8 +633,8 @@ class _TaskRun:
         status = str(outcome.status)
         result = dict(outcome.result or {})
         if self.service.stopping:
-            error = "the node stopped while the task ran; submit it again"
-            self.service._finish(self.key, FAILED, logs=log_text, error=error)
+            stopped = "the node stopped while the task ran; submit it again"
+            self.service._finish(self.key, FAILED, logs=log_text, error=stopped)
             return
         if self.cancel.is_set() or status == CANCELED:
             self.service._finish(self.key, CANCELED, logs=log_text, error="canceled")
