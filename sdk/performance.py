@@ -1,9 +1,10 @@
 """Performances of a compute plan as a table: one row per round.
 
-Test tasks say which model they evaluate in their metadata: ``"model":
-"local"`` marks an organization's local-only baseline (the organization is
-``metadata["organization"]``, or the task's worker); any other test task
-evaluates the federated model. A column is a metric of one model: the
+Test tasks say which model they evaluate in their metadata: the strategies
+write ``"airfed.model": "local:<organization>"`` for an organization's
+local-only baseline; a hand-built plan may write ``"model": "local"`` (the
+organization is ``metadata["organization"]``, or the task's worker). Any other
+test task evaluates the federated model. A column is a metric of one model: the
 federated model's value is the mean over the organizations that tested it in
 that round (weighted by nothing: each organization's test data counts once);
 a local model's value is its organization's own.
@@ -21,6 +22,7 @@ from airfed.sdk.catalog import Performance
 __all__ = ["FEDERATED", "PerformanceTable", "model_label", "performance_table"]
 
 FEDERATED = "federated"
+_STRATEGY_LABEL_KEY = "airfed.model"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class PerformanceTable:
 
 def model_label(metadata: Mapping[str, str], worker: str) -> str:
     """``federated``, or ``local:<organization>`` for a local-only baseline."""
+    strategy_label = metadata.get(_STRATEGY_LABEL_KEY, "")
+    if strategy_label.startswith("local:"):
+        return strategy_label
     if metadata.get("model") == "local":
         return f"local:{metadata.get('organization') or worker}"
     return FEDERATED

@@ -35,3 +35,12 @@ def test_without_metadata_everything_is_federated() -> None:
     table = performance_table([_perf("t1", 0, "a", 1.0)])
     assert table.columns == ((FEDERATED, "accuracy"),)
     assert table.rows == ((0, (1.0,)),)
+
+
+def test_strategy_labels_mark_local_only_models() -> None:
+    from airfed.sdk.performance import model_label
+    from airfed.sdk.strategies import MODEL_LABEL_KEY
+
+    assert model_label({MODEL_LABEL_KEY: "local:b"}, "b") == "local:b"
+    assert model_label({MODEL_LABEL_KEY: FEDERATED}, "b") == FEDERATED
+    assert model_label({"model": "local"}, "c") == "local:c"
