@@ -245,6 +245,8 @@ def test_scaffold_and_fedprox_leave_buffers_alone(data: Any) -> None:
     algorithm = WithBatchNorm()
     shared = ModelState(algorithm.initial_params())
     rules = TrainRules(scaffold=True, proximal_mu=0.1)
-    out, local = train_round(algorithm, shared, None, data, rules, organization="a", round=1)
+    out, local = train_round(
+        algorithm, shared, None, data, rules, organization="a", round=1
+    )
     assert int(out.params["0.num_batches_tracked"]) == algorithm.local_steps
     assert "0.running_mean" in local.groups["client_control"]
