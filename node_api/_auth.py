@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +79,7 @@ def _user_for_token(db: Database, token: str) -> str | None:
 
 
 def identify(
-    scope: dict[str, Any],
+    scope: MutableMapping[str, Any],
     authorization: str | None,
     *,
     db: Database,

@@ -36,6 +36,7 @@ from typing import Any
 
 import pydantic
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from airfed.node_api._archive import ArchiveError, safe_extract
 from airfed.node_api._auth import Caller
@@ -199,7 +200,7 @@ class TaskService:
             return task_out(self._task(session, key))
 
     @staticmethod
-    def _task(session: Any, key: str) -> Task:
+    def _task(session: Session, key: str) -> Task:
         row = session.get(Task, key)
         if row is None:
             raise NotFound(f"no task {key} on this node")
@@ -312,7 +313,7 @@ class TaskService:
                 .where(Task.key == key, Task.status == WAITING)
                 .values(status=EXECUTING, started_at=utcnow())
             )
-            return key if claimed.rowcount == 1 else None
+            return key if _rowcount(claimed) == 1 else None
 
     def _run_guarded(self, key: str) -> None:
         try:
@@ -746,3 +747,8 @@ class _TaskRun:
             logs=log_text,
             error=error,
         )
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE touched (``CursorResult.rowcount``)."""
+    return int(result.rowcount)
