@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 from airfed.sdk.catalog import Performance
 
-__all__ = ["FEDERATED", "PerformanceTable", "model_label", "performance_table"]
+__all__ = [
+    "FEDERATED",
+    "Comparison",
+    "PerformanceTable",
+    "compare_models",
+    "model_label",
+    "performance_table",
+]
 
 FEDERATED = "federated"
 _STRATEGY_LABEL_KEY = "airfed.model"
@@ -86,3 +93,58 @@ def _order(column: tuple[str, str]) -> tuple[int, str, str]:
 
 def _mean(items: Sequence[float] | None) -> float | None:
     return statistics.fmean(items) if items else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric of the federated model against every local-only model.
+
+    Values are each model's last recorded value (its final round).
+    """
+
+    metric: str
+    round: int
+    federated: float
+    local: dict[str, float]
+
+    @property
+    def local_mean(self) -> float | None:
+        return statistics.fmean(self.local.values()) if self.local else None
+
+    @property
+    def gain_over_local_mean(self) -> float | None:
+        mean = self.local_mean
+        return None if mean is None else self.federated - mean
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "metric": self.metric,
+            "round": self.round,
+            "federated": self.federated,
+            "local": dict(sorted(self.local.items())),
+            "local_mean": self.local_mean,
+            "gain_over_local_mean": self.gain_over_local_mean,
+        }
+
+
+def _last(table: PerformanceTable, column: int) -> tuple[int, float] | None:
+    for round_, values in reversed(table.rows):
+        if values[column] is not None:
+            return round_, values[column]
+    return None
+
+
+def compare_models(table: PerformanceTable) -> list[Comparison]:
+    """The federated model's final value of each metric against local models'."""
+    comparisons = []
+    for index, (model, metric) in enumerate(table.columns):
+        if model != FEDERATED or (last := _last(table, index)) is None:
+            continue
+        local = {}
+        for other, (other_model, other_metric) in enumerate(table.columns):
+            if other_metric == metric and other_model != FEDERATED:
+                found = _last(table, other)
+                if found is not None:
+                    local[other_model.removeprefix("local:")] = found[1]
+        comparisons.append(Comparison(metric, last[0], last[1], local))
+    return comparisons

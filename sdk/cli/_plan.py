@@ -29,7 +29,7 @@ from airfed.sdk.cli._session import (
 )
 from airfed.sdk.client import Client, PlanProgress
 from airfed.sdk.errors import AirfedError, ConfigError
-from airfed.sdk.performance import PerformanceTable
+from airfed.sdk.performance import PerformanceTable, compare_models
 from airfed.sdk.plan import ComputePlanBuilder, builder_from_description
 from airfed.sdk.spec import PlanSpec, parse_plan_spec
 
@@ -204,6 +204,45 @@ def plan_perf(
         console.print(f"plan {plan_key} has recorded no performance yet")
         return
     _print_performance_table(plan_key, table)
+
+
+@plan_app.command("compare")
+def plan_compare(
+    plan_key: PlanKey,
+    profile: ProfileOption = None,
+    token: TokenOption = None,
+    orchestrator_url: OrchestratorUrlOption = None,
+    username: UsernameOption = None,
+    password: PasswordOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Compare the federated model with each organization's local-only model."""
+    session = _Session(profile, token, orchestrator_url, username, password)
+    with session.client() as client:
+        comparisons = compare_models(client.performance_table(plan_key))
+    if json_out:
+        print_json(
+            {"plan_key": plan_key, "comparisons": [c.to_json() for c in comparisons]}
+        )
+        return
+    if not comparisons:
+        console.print(f"plan {plan_key} has no performance of its federated model yet")
+        return
+    for comparison in comparisons:
+        rows = [("federated", f"{comparison.federated:.4f}", "")]
+        for org, value in sorted(comparison.local.items()):
+            delta = comparison.federated - value
+            rows.append((f"local {org}", f"{value:.4f}", f"{delta:+.4f}"))
+        if comparison.local_mean is not None:
+            mean = comparison.local_mean
+            rows.append(
+                ("local mean", f"{mean:.4f}", f"{comparison.federated - mean:+.4f}")
+            )
+        print_table(
+            f"{comparison.metric} of plan {plan_key}, round {comparison.round}",
+            ("model", comparison.metric, "federated minus it"),
+            rows,
+        )
 
 
 @task_app.command("list")

@@ -180,6 +180,17 @@ def test_plan_runs_to_the_end_and_is_followed(stack: Stack, tmp_path: Path) -> N
     ]
     perf = stack.ok("plan", "perf", plan_key, "--json").json()
     assert perf["performances"] == {"federated": {"mean": {"1": 6.0}}}
+    compared = stack.ok("plan", "compare", plan_key, "--json").json()
+    assert compared["comparisons"] == [
+        {
+            "metric": "mean",
+            "round": 1,
+            "federated": 6.0,
+            "local": {},
+            "local_mean": None,
+            "gain_over_local_mean": None,
+        }
+    ]
 
 
 def test_slow_plan_is_canceled(stack: Stack, tmp_path: Path) -> None:

@@ -44,3 +44,26 @@ def test_strategy_labels_mark_local_only_models() -> None:
     assert model_label({MODEL_LABEL_KEY: "local:b"}, "b") == "local:b"
     assert model_label({MODEL_LABEL_KEY: FEDERATED}, "b") == FEDERATED
     assert model_label({"model": "local"}, "c") == "local:c"
+
+
+def test_compare_takes_each_models_final_value() -> None:
+    from airfed.sdk.performance import compare_models
+
+    performances = [
+        Performance("p", "t1", 1, "a", "accuracy", 0.70),
+        Performance("p", "t2", 2, "a", "accuracy", 0.90),
+        Performance("p", "t3", 2, "b", "accuracy", 0.80),
+        Performance("p", "la", 2, "a", "accuracy", 0.75),
+        Performance("p", "lb", 1, "b", "accuracy", 0.60),
+    ]
+    metadata = {
+        "la": {"airfed.model": "local:a"},
+        "lb": {"airfed.model": "local:b"},
+    }
+    [comparison] = compare_models(performance_table(performances, metadata))
+
+    assert comparison.metric == "accuracy"
+    assert comparison.round == 2
+    assert comparison.federated == pytest.approx(0.85)
+    assert comparison.local == {"a": 0.75, "b": 0.60}
+    assert comparison.gain_over_local_mean == pytest.approx(0.85 - 0.675)
