@@ -185,9 +185,15 @@ def _request_parse() -> None:
     """Ask the dag-processor to parse the DAG factory before anything else."""
     from airflow.models.dagbag import DagPriorityParsingRequest
     from airflow.utils.session import create_session
+    from sqlalchemy.exc import IntegrityError
 
-    with create_session() as session:
-        session.add(DagPriorityParsingRequest("dags-folder", _FACTORY_FILE))
+    try:
+        with create_session() as session:
+            session.add(DagPriorityParsingRequest("dags-folder", _FACTORY_FILE))
+    except IntegrityError:
+        # A request for the factory file is still pending (its key is a hash of
+        # the file): that parse reads the folder after this spec was stored.
+        logger.debug("parse of the DAG factory already requested")
 
 
 def _wait_for_dag(api: _Airflow, dag_id: str) -> None:

@@ -148,3 +148,23 @@ def test_plans_folder_holds_only_complete_specs(
     ]
 
     assert leftovers == []
+
+
+def test_plans_submitted_at_the_same_time_all_start(
+    orchestrator: RunningOrchestrator,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    specs = [fedavg_spec(rounds=1) for _ in range(3)]
+
+    def submit(spec: object) -> dict[str, str]:
+        with orchestrator.client() as client:
+            return client.submit_plan(spec)  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        answers = list(pool.map(submit, specs))
+
+    assert [a["plan_key"] for a in answers] == [s.key for s in specs]
+    with orchestrator.client() as client:
+        for spec in specs:
+            client.cancel_plan(spec.key)
