@@ -28,14 +28,29 @@ _COMMAND_MODULES = (
 )
 
 
-def _load_commands() -> None:
-    for name in _COMMAND_MODULES:
+# The modules a command needs, so that a command imports only its own code:
+# ``airfed task run`` starts every task of a pod and must start fast.
+_MODULES_OF = {
+    ("task", "run"): ("_task_run",),
+    ("network",): ("_network",),
+    ("node",): ("_node",),
+    ("orchestrator",): ("_orchestrator",),
+    ("ledger",): ("_ledger",),
+    ("quickstart",): ("_quickstart",),
+}
+
+
+def _load_commands(argv: list[str] | None = None) -> None:
+    """Import the command modules; only those ``argv``'s command needs if known."""
+    args = [a for a in (argv or []) if not a.startswith("-")]
+    modules = _MODULES_OF.get(tuple(args[:2])) or _MODULES_OF.get(tuple(args[:1]))
+    for name in modules or _COMMAND_MODULES:
         importlib.import_module(f"airfed.sdk.cli.{name}")
 
 
 def main() -> None:
     """Run the CLI; an airfed error prints one line and exits with status 1."""
-    _load_commands()
+    _load_commands(sys.argv[1:])
     try:
         status = app(standalone_mode=False)
     except AirfedError as exc:
