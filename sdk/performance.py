@@ -129,8 +129,9 @@ class Comparison:
 
 def _last(table: PerformanceTable, column: int) -> tuple[int, float] | None:
     for round_, values in reversed(table.rows):
-        if values[column] is not None:
-            return round_, values[column]
+        value = values[column]
+        if value is not None:
+            return round_, value
     return None
 
 
