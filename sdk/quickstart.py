@@ -71,12 +71,12 @@ from airfed.sdk.profile import write_profile
 from airfed.sdk.spec import Permission, Permissions, PlanSpec
 from airfed.sdk.strategies import (
     MODEL_LABEL_KEY,
-    AlgorithmFunctions,
     Federation,
     Krum,
     OrganizationData,
     Strategy,
     make_strategy,
+    register_package,
 )
 
 __all__ = [
@@ -317,27 +317,6 @@ def _register_dataset(
         str(dataset["key"]),
         (str(train["key"]),),
         (str(test["key"]),),
-    )
-
-
-def _register_functions(
-    client: Client, package: AlgorithmPackage
-) -> AlgorithmFunctions:
-    keys = {}
-    for role in ("train", "aggregate", "evaluate"):
-        metadata = package.functions[role]
-        function = client.register_function(
-            package.folder,
-            name=metadata["name"],
-            entrypoint=metadata["entrypoint"],
-            inputs=metadata["inputs"],
-            outputs=metadata["outputs"],
-            description=metadata["description"],
-            permissions=Permissions.model_validate(metadata["permissions"]),
-        )
-        keys[role] = str(function["key"])
-    return AlgorithmFunctions(
-        keys["train"], keys["aggregate"], keys["evaluate"], package.metrics
     )
 
 
@@ -668,7 +647,7 @@ def _run_plan(
     )
     run.step("datasets registered: a training and a test data sample per organization")
     with Client(run.network_root / creator) as client:
-        functions = _register_functions(client, plan.package)
+        functions = register_package(client, plan.package)
         run.step("train, aggregate and evaluate functions registered on every node")
         spec = quickstart_plan(
             strategy, Federation(data, functions, creator), run.options.rounds
