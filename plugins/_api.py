@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,9 @@ _FINISHED_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_faile
 _PAGE = 100
 _FAIL_ATTEMPTS = 5
 _FAIL_SETTLE_SECONDS = 0.5
+# Submissions go through Airflow one at a time: on the embedded default
+# (SQLite) concurrent triggers wait on each other's write lock until one fails.
+_SUBMISSIONS = threading.Lock()
 
 
 def _requires_login() -> Any:
@@ -244,9 +248,9 @@ def submit_plan(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     if listener.ledger_enabled():
         require_registered_plan(spec)
-    _store_spec(spec)
-    _request_parse()
-    with _airflow(request) as api:
+    with _SUBMISSIONS, _airflow(request) as api:
+        _store_spec(spec)
+        _request_parse()
         _wait_for_dag(api, dag_id)
         run_id = _trigger(api, spec)
     logger.info("plan submitted plan=%s tasks=%d", spec.key, len(spec.tasks))
