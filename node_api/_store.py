@@ -18,7 +18,7 @@ import logging
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -173,6 +173,22 @@ class AssetStore:
 
     # -- datasets
 
+    def _discarding_on_error(
+        self,
+        files: Mapping[str, StoredObject],
+        create: Callable[
+            [Caller, Mapping[str, str], Mapping[str, StoredObject]], dict[str, Any]
+        ],
+        caller: Caller,
+        fields: Mapping[str, str],
+    ) -> dict[str, Any]:
+        """Register an asset; if that fails, its uploaded files are deleted."""
+        try:
+            return create(caller, fields, files)
+        except BaseException:
+            self._discard(files)
+            raise
+
     def check_dataset_creator(self, caller: Caller) -> None:
         """Fail before an upload is read when the caller may not register."""
         self._require_owner_org(caller, "datasets")
@@ -183,11 +199,7 @@ class AssetStore:
         fields: Mapping[str, str],
         files: Mapping[str, StoredObject],
     ) -> dict[str, Any]:
-        try:
-            return self._create_dataset(caller, fields, files)
-        except BaseException:
-            self._discard(files)
-            raise
+        return self._discarding_on_error(files, self._create_dataset, caller, fields)
 
     def _create_dataset(
         self,
@@ -346,11 +358,7 @@ class AssetStore:
         fields: Mapping[str, str],
         files: Mapping[str, StoredObject],
     ) -> dict[str, Any]:
-        try:
-            return self._create_function(caller, fields, files)
-        except BaseException:
-            self._discard(files)
-            raise
+        return self._discarding_on_error(files, self._create_function, caller, fields)
 
     def _create_function(
         self,
