@@ -53,7 +53,16 @@ TUNED = {
     "core": ["executor", "parallelism"],
     "scheduler": ["scheduler_idle_sleep_time", "scheduler_heartbeat_sec"],
     "dag_processor": ["parsing_processes", "min_file_process_interval"],
-    "airfed": ["node_poll_interval", "finish_in_triggerer"],
+    "airfed": ["node_poll_interval", "wait_on_worker", "finish_in_triggerer"],
+}
+# How a task waits for its node, and the settings that choose it.
+MODES = {
+    "worker": {},
+    "triggerer": {"AIRFLOW__AIRFED__WAIT_ON_WORKER": "0"},
+    "finish-in-triggerer": {
+        "AIRFLOW__AIRFED__WAIT_ON_WORKER": "0",
+        "AIRFLOW__AIRFED__FINISH_IN_TRIGGERER": "True",
+    },
 }
 
 
@@ -193,9 +202,7 @@ def measure_parse(workdir: Path) -> dict[str, Any]:
     return results
 
 
-def run(
-    nodes_count: int, rounds: int, workdir: Path, *, finish_in_triggerer: bool
-) -> dict[str, Any]:
+def run(nodes_count: int, rounds: int, workdir: Path, *, mode: str) -> dict[str, Any]:
     orgs = [f"org{i}" for i in range(nodes_count)]
     network = init_network(
         workdir / "net", orgs, base_port=free_port_block(2 * nodes_count + 1)
@@ -206,14 +213,13 @@ def run(
             workdir / "airflow",
             network.root,
             port=free_port(),
-            extra_environment={
-                "AIRFLOW__AIRFED__FINISH_IN_TRIGGERER": str(finish_in_triggerer)
-            },
+            extra_environment=MODES[mode],
         ) as orchestrator,
     ):
         federation = register_federation(nodes, network.root, workdir / "assets")
-        # A first plan warms the components up (imports, first parse).
-        _run_on_airflow(
+        # The first plan after start shows what a user waits for the first
+        # task; it also warms the components up (imports, first parse).
+        first = _run_on_airflow(
             federation, federation.plan(1), orchestrator, nodes, network.root
         )
         spec = federation.plan(rounds)
@@ -223,7 +229,10 @@ def run(
     overhead = airflow["seconds"] - limit["seconds"]
     airflow_only = airflow["seconds"] - airflow["node_critical_path_seconds"]
     return {
-        "finish_in_triggerer": finish_in_triggerer,
+        "mode": mode,
+        "first_plan_submit_to_first_task_running_seconds": first[
+            "submit_to_first_task_running_seconds"
+        ],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "nodes": nodes_count,
         "rounds": rounds,
@@ -256,9 +265,15 @@ def main() -> None:
         "--parse-only", action="store_true", help="Measure DAG parsing only."
     )
     parser.add_argument(
-        "--finish-in-triggerer",
-        action="store_true",
-        help="End successful tasks in the triggerer ([airfed] finish_in_triggerer).",
+        "--mode",
+        choices=sorted(MODES),
+        default="worker",
+        help=(
+            "worker: a task waits for its node on a worker for up to [airfed] "
+            "wait_on_worker seconds, then defers (the default); triggerer: "
+            "every task starts in the triggerer; finish-in-triggerer: and ends "
+            "there too."
+        ),
     )
     args = parser.parse_args()
 
@@ -272,11 +287,11 @@ def main() -> None:
                 args.nodes,
                 args.rounds,
                 Path(tmp),
-                finish_in_triggerer=args.finish_in_triggerer,
+                mode=args.mode,
             )
         )
     if measured is not None:
-        mode = "finish_in_triggerer" if args.finish_in_triggerer else "default"
+        mode = args.mode.replace("-", "_")
         name = f"{args.nodes}_nodes_{args.rounds}_rounds_{mode}"
         results.setdefault("runs", {})[name] = {
             **measured,
@@ -289,10 +304,12 @@ def main() -> None:
     results["airflow_settings_tuned"] = _tuned_settings()
     results["target_overhead_per_level_seconds"] = 0.5
     results["design"] = (
-        "Tasks start in the triggerer (start_from_trigger): no worker slot while "
-        "a node works. By default a done task resumes on a worker so that "
-        "listeners (the ledger) see it end; --finish-in-triggerer ends it in the "
-        "triggerer instead."
+        "By default (mode worker) a task posts itself to its node from a worker "
+        "and polls it for up to [airfed] wait_on_worker seconds; a task that "
+        "ends by then ends there, a longer one defers to the triggerer and "
+        "resumes on a worker when its node is done. Mode triggerer starts every "
+        "task in the triggerer (start_from_trigger); finish-in-triggerer also "
+        "ends it there, without listeners."
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

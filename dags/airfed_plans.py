@@ -25,7 +25,11 @@ from airflow.sdk import DAG, get_parsing_context
 
 from airfed.dags._specs import read_specs
 from airfed.operators import NodeTaskOperator
-from airfed.operators._settings import finish_in_triggerer, node_poll_interval
+from airfed.operators._settings import (
+    finish_in_triggerer,
+    node_poll_interval,
+    wait_on_worker_seconds,
+)
 from airfed.sdk.orchestrator import dag_id_for
 from airfed.sdk.spec import PlanSpec
 
@@ -64,6 +68,7 @@ def build_plan_dag(spec: PlanSpec) -> DAG:
     workers = {task.key: task.worker for task in spec.tasks}
     # Read once per DAG: a configuration lookup per task slows a large plan.
     poll_interval, finish_in_trigger = node_poll_interval(), finish_in_triggerer()
+    wait = wait_on_worker_seconds()
     with DAG(
         dag_id=dag_id_for(spec.key),
         description=f"{spec.strategy}: {spec.name}",
@@ -80,6 +85,7 @@ def build_plan_dag(spec: PlanSpec) -> DAG:
                 plan={**plan, "parents": {p: workers[p] for p in task.parent_keys}},
                 poll_interval=poll_interval,
                 finish_in_trigger=finish_in_trigger,
+                wait_on_worker=wait,
             )
             for task in spec.tasks
         }

@@ -1,19 +1,22 @@
 """The operator that runs one task of a compute plan on its worker's node.
 
-By default the task starts in the triggerer (``start_from_trigger``): the
-scheduler hands it straight to :class:`NodeTaskTrigger`, which posts the task
-to the node and polls it, so a waiting task holds no worker slot at all. When
-the node is done the task resumes on a worker in :meth:`execute_complete`,
-where listeners see it end, and pushes to XCom only references and hashes:
-output model keys and checksums, performances and the node's signed receipt.
-With ``[airfed] finish_in_triggerer`` a successful task ends in the
-triggerer with the same XCom and no worker at all (about two seconds less
-per task; Airflow then runs no listener for it, and refuses such DAGs while
-listeners are installed).
-Models travel from node to node, never through Airflow.
+A task first runs on a worker: :meth:`execute` posts it to the node and polls
+the node for up to ``[airfed] wait_on_worker`` seconds (5 by default). Most
+federated tasks end within that time, and end right there: no trip through
+the triggerer and no second worker start, which costs about two seconds per
+dependency level of a plan. A task still running after the wait defers to
+:class:`NodeTaskTrigger`, which polls the node from the triggerer, so that a
+long task holds a worker slot only for the wait; when the node is done it
+resumes on a worker in :meth:`execute_complete`, where listeners see it end.
+Either way the task pushes to XCom only references and hashes: output model
+keys and checksums, performances and the node's signed receipt. Models
+travel from node to node, never through Airflow.
 
-With ``start_from_trigger=False`` the worker posts the task itself
-(:meth:`execute`) and then defers to the same trigger.
+With ``wait_on_worker = 0`` a task starts in the triggerer
+(``start_from_trigger``) and never holds a worker slot while its node works.
+With ``[airfed] finish_in_triggerer`` a successful deferred task also ends in
+the triggerer with the same XCom (Airflow then runs no listener for it, and
+refuses such DAGs while listeners are installed).
 
 Retries are safe: the node deduplicates tasks by key, so posting again
 returns the task already running or finished. A function that failed, or a
@@ -23,6 +26,7 @@ task the node refused, fails without retry; an unreachable node is retried.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,8 +34,18 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.triggers.base import StartTriggerArgs
 
-from airfed.operators._settings import finish_in_triggerer, node_poll_interval
-from airfed.operators._trigger import NodeTaskTrigger, node_client_args, task_result
+from airfed.operators._settings import (
+    finish_in_triggerer,
+    node_poll_interval,
+    wait_on_worker_seconds,
+)
+from airfed.operators._trigger import (
+    FINAL_NODE_STATUSES,
+    NodeTaskTrigger,
+    node_client_args,
+    node_task_event,
+    task_result,
+)
 from airfed.sdk.errors import NodeRequestError
 from airfed.sdk.node_client import NodeClient
 from airfed.sdk.orchestrator import task_id_for
@@ -55,7 +69,8 @@ class NodeTaskOperator(BaseOperator):
         *,
         task_spec: TaskSpec | Mapping[str, Any],
         plan: Mapping[str, Any] | None = None,
-        start_from_trigger: bool = True,
+        start_from_trigger: bool | None = None,
+        wait_on_worker: float | None = None,
         poll_interval: float | None = None,
         finish_in_trigger: bool | None = None,
         **kwargs: Any,
@@ -88,7 +103,14 @@ class NodeTaskOperator(BaseOperator):
             next_kwargs=None,
             timeout=None,
         )
-        self.start_from_trigger = start_from_trigger
+        self.wait_on_worker = (
+            wait_on_worker if wait_on_worker is not None else wait_on_worker_seconds()
+        )
+        self.start_from_trigger = (
+            start_from_trigger
+            if start_from_trigger is not None
+            else self.wait_on_worker <= 0
+        )
 
     def _trigger(self, *, submit: bool) -> NodeTaskTrigger:
         return NodeTaskTrigger(
@@ -103,18 +125,35 @@ class NodeTaskOperator(BaseOperator):
         url, ssl_context = node_client_args(self.worker)
         return NodeClient(url, ssl_context)
 
-    def execute(self, context: Any) -> None:
+    def execute(self, context: Any) -> dict[str, Any]:
         try:
             with self._node() as node:
-                node.submit_task(self.task_spec, self.plan)
+                node_task = node.submit_task(self.task_spec, self.plan)
+                logger.info("task posted task=%s node=%s", self.task_key, self.worker)
+                node_task = self._wait_on_worker(node, node_task)
         except NodeRequestError as exc:
             if exc.status == 0:
                 raise AirflowException(exc.detail) from exc
             raise AirflowFailException(
                 f"node {self.worker} refused task {self.task_key}: {exc.detail}"
             ) from exc
-        logger.info("task posted task=%s node=%s", self.task_key, self.worker)
+        if node_task.get("status") in FINAL_NODE_STATUSES:
+            event = node_task_event(self.task_key, self.worker, node_task).payload
+            return self.execute_complete(context, event)
         self.defer(trigger=self._trigger(submit=False), method_name="execute_complete")
+
+    def _wait_on_worker(
+        self, node: NodeClient, node_task: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Poll the node for up to ``wait_on_worker`` seconds before deferring."""
+        deadline = time.monotonic() + self.wait_on_worker
+        while (
+            node_task.get("status") not in FINAL_NODE_STATUSES
+            and time.monotonic() < deadline
+        ):
+            time.sleep(self.poll_interval)
+            node_task = node.get_task(self.task_key)
+        return node_task
 
     def execute_complete(
         self, context: Any, event: Mapping[str, Any] | None = None

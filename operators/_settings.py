@@ -4,9 +4,11 @@
 ``network`` is the folder written by ``airfed network init``, whose
 ``orchestrator/`` profile holds the TLS identity with which operators call
 nodes; ``node_poll_interval`` is the pause between two status requests to a
-node; ``finish_in_triggerer`` ends a successful task in the triggerer
-instead of resuming it on a worker (faster, but Airflow then runs no
-listener for it). Each is also read from ``AIRFLOW__AIRFED__<NAME>``.
+node; ``wait_on_worker`` is how long a task polls its node from the worker
+that posted it before deferring to the triggerer; ``finish_in_triggerer``
+ends a successful deferred task in the triggerer instead of resuming it on a
+worker (faster, but Airflow then runs no listener for it). Each is also read
+from ``AIRFLOW__AIRFED__<NAME>``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "node_poll_interval",
     "orchestrator_profile",
     "plans_folder",
+    "wait_on_worker_seconds",
 ]
 
 
@@ -42,6 +45,10 @@ def orchestrator_profile() -> Path:
 
 def finish_in_triggerer() -> bool:
     return conf.getboolean("airfed", "finish_in_triggerer", fallback=False)
+
+
+def wait_on_worker_seconds() -> float:
+    return conf.getfloat("airfed", "wait_on_worker", fallback=5.0)
 
 
 def node_poll_interval() -> float:

@@ -35,7 +35,13 @@ from airfed.sdk.errors import ConfigError, NodeRequestError
 from airfed.sdk.network import Network, client_ssl_context, load_network
 from airfed.sdk.node_client import AsyncNodeClient
 
-__all__ = ["FINAL_NODE_STATUSES", "NodeTaskTrigger", "node_client_args", "task_result"]
+__all__ = [
+    "FINAL_NODE_STATUSES",
+    "NodeTaskTrigger",
+    "node_client_args",
+    "node_task_event",
+    "task_result",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +123,9 @@ def _event(task_key: str, worker: str, status: str, **fields: Any) -> TriggerEve
     return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
 
-def _from_node(task_key: str, worker: str, node_task: dict[str, Any]) -> TriggerEvent:
+def node_task_event(
+    task_key: str, worker: str, node_task: dict[str, Any]
+) -> TriggerEvent:
     return _event(
         task_key,
         worker,
@@ -216,4 +224,4 @@ class NodeTaskTrigger(BaseTrigger):
             self.worker,
             node_task["status"],
         )
-        return _from_node(self.task_key, self.worker, node_task)
+        return node_task_event(self.task_key, self.worker, node_task)

@@ -261,6 +261,27 @@ def _wait_healthy(running: RunningOrchestrator, timeout: float) -> None:
                 f"see the logs in {running.home / 'logs'}"
             )
         time.sleep(0.5)
+    _warm_execution_api(running.url, max(5.0, deadline - time.monotonic()))
+
+
+def _warm_execution_api(url: str, timeout: float) -> None:
+    """Have the api-server build its Execution API before any task calls it.
+
+    The api-server builds the Execution API (the one task processes call) on
+    its first request, which takes several seconds; a task that came first
+    would time out, retry, and start its plan seconds late.
+    """
+    try:
+        response = httpx.get(f"{url}/execution/health", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise OrchestratorError(
+            f"Airflow's Execution API at {url}/execution does not answer: {exc}"
+        ) from exc
+    if response.status_code != 200:
+        raise OrchestratorError(
+            f"Airflow's Execution API at {url}/execution answered "
+            f"{response.status_code}"
+        )
 
 
 @contextlib.contextmanager

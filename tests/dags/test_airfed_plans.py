@@ -72,7 +72,7 @@ def test_tasks_depend_on_the_parents_whose_outputs_they_take(plans: Path) -> Non
         expected = {task_id_for(t) for t in spec.tasks if t.key in task.parent_keys}
         assert operator.upstream_task_ids == expected
         assert operator.task_spec == task.model_dump(mode="json")
-        assert operator.start_from_trigger is True
+        assert operator.wait_on_worker == 5.0
 
 
 def test_unreadable_spec_is_an_import_error_naming_plan_and_field(

@@ -36,11 +36,22 @@ def _event(status: str, **fields: Any) -> dict[str, Any]:
     }
 
 
-def test_operator_is_named_after_its_task_and_starts_in_the_triggerer() -> None:
+def test_operator_is_named_after_its_task_and_first_waits_on_a_worker() -> None:
     operator = _operator()
     spec = TaskSpec.model_validate(operator.task_spec)
 
     assert operator.task_id == task_id_for(spec)
+    assert operator.wait_on_worker == 5.0
+    assert operator.start_from_trigger is False
+
+
+def test_without_a_wait_on_the_worker_the_task_starts_in_the_triggerer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AIRFLOW__AIRFED__WAIT_ON_WORKER", "0")
+
+    operator = _operator()
+
     assert operator.start_from_trigger is True
     args = operator.start_trigger_args
     assert args.trigger_cls == "airfed.operators._trigger.NodeTaskTrigger"
@@ -201,7 +212,9 @@ def test_execute_on_a_worker_posts_the_task_then_defers(
 
     fed, nodes = federation
     spec = fed.plan(rounds=1)
-    operator = NodeTaskOperator(task_spec=spec.tasks[0], start_from_trigger=False)
+    operator = NodeTaskOperator(
+        task_spec=spec.tasks[0], start_from_trigger=False, wait_on_worker=0
+    )
 
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute(context={})
@@ -210,3 +223,46 @@ def test_execute_on_a_worker_posts_the_task_then_defers(
     assert deferred.value.trigger.submit is False
     with nodes["a"].client(nodes["a"].config.home) as node:
         assert node.get_task(spec.tasks[0].key)["key"] == spec.tasks[0].key
+
+
+def test_a_task_that_ends_within_the_wait_ends_on_the_worker(
+    federation: tuple[Federation, dict[str, RunningNode]],
+) -> None:
+    from airfed.operators import NodeTaskOperator
+
+    fed, nodes = federation
+    spec = fed.plan(rounds=1)
+    operator = NodeTaskOperator(
+        task_spec=spec.tasks[0], wait_on_worker=60, poll_interval=0.05
+    )
+
+    result = operator.execute(context={})
+
+    with nodes["a"].client(nodes["a"].config.home) as node:
+        on_node = node.get_task(spec.tasks[0].key)
+    assert on_node["status"] == "done"
+    assert result["status"] == "done"
+    assert (
+        result["outputs"]["model"]["checksum"]
+        == (on_node["outputs"]["model"]["checksum"])
+    )
+    assert result["receipt"]["signature"] == on_node["receipt"]["signature"]
+
+
+def test_a_function_that_fails_within_the_wait_fails_the_task_without_retry(
+    federation: tuple[Federation, dict[str, RunningNode]],
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airfed.operators import NodeTaskOperator
+
+    fed, _ = federation
+    spec = fed.plan(rounds=1, broken="a")
+    operator = NodeTaskOperator(
+        task_spec=spec.tasks[0], wait_on_worker=60, poll_interval=0.05
+    )
+
+    with pytest.raises(AirflowFailException) as failed:
+        operator.execute(context={})
+
+    assert "the data has no label column" in str(failed.value)
