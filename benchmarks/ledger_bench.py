@@ -1,6 +1,11 @@
 """Ledger benchmark: durable appends, proofs at scale, replica catch-up.
 
     .venv/bin/python benchmarks/ledger_bench.py [--entries 1000000]
+    .venv/bin/python benchmarks/ledger_bench.py --only catch-up --workdir DIR
+
+``--only`` measures one part (repeatable) and keeps the recorded results of
+the others; ``--workdir`` keeps the network and the large log in DIR, so a
+second run skips building it.
 
 1. Durable appends per second: clients append signed entries to the log over
    gRPC with mutual TLS and wait until each batch is committed (SQLite,
@@ -14,8 +19,9 @@
 Results go to benchmarks/results/ledger.json and a table. The log and the
 replica run in this one process (the replica checks signatures on worker
 processes) on a 2-core machine: the CPU seconds of the process and of its
-workers (also reported) say what an idle machine would need; wall times
-depend on what else runs, so the load average is recorded before and after.
+workers (also reported, and divided by the cores) say what an idle machine
+would need; wall times depend on what else runs, so the load average is
+recorded before and after.
 Proof generation reports the CPU time per proof beside the wall time for
 the same reason.
 """
@@ -27,6 +33,7 @@ import base64
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import sys
@@ -46,7 +53,12 @@ from airfed.ledger.entries import Entry, EntryKind, make_entry, parse_entry
 from airfed.ledger.server import serve_log
 from airfed.ledger.store import LedgerStore, StoredEntry
 from airfed.ledger.witness import Witness
-from airfed.sdk.network import Network, init_network, load_identity_key
+from airfed.sdk.network import (
+    Network,
+    init_network,
+    load_identity_key,
+    load_network,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ledger.json"
 _DOMAIN = b"airfed-ledger-entry/v1\n"
@@ -259,7 +271,14 @@ def bench_proofs(store: LedgerStore, count: int, samples: int = 500) -> dict[str
 def bench_catch_up(
     network: Network, tmp: Path, log_url: str, count: int
 ) -> dict[str, Any]:
-    server = serve_log(network.root, log_url)
+    # The log stores the witness's cosignature: serve a copy, so that a kept
+    # log stays unwitnessed for the next run.
+    served = tmp / "catch-up-log.db"
+    for name in ("catch-up-log.db", "c.db"):
+        for suffix in ("", "-wal", "-shm"):
+            (tmp / f"{name}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(log_url.removeprefix("sqlite:///"), served)
+    server = serve_log(network.root, f"sqlite:///{served}")
     try:
         with LedgerClient(network.ledger_address, network.root / "c") as client:
             witness = Witness(
@@ -290,10 +309,70 @@ def bench_catch_up(
         "cpu_seconds_this_process": round(cpu, 2),
         "cpu_seconds_workers": round(workers, 2),
         "cpu_seconds_total": round(cpu + workers, 2),
+        "cpu_seconds_per_core": round((cpu + workers) / (os.cpu_count() or 1), 2),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "target_seconds": 60,
     }
+
+
+PARTS = ("appends", "proofs", "catch-up")
+
+
+def _log_for(network: Network, folder: Path, count: int) -> str:
+    """The URL of a log of ``count`` entries in ``folder``, built if needed."""
+    url = f"sqlite:///{folder / f'log-{count}.db'}"
+    if (folder / f"log-{count}.db").exists():
+        store = LedgerStore(url)
+        complete = store.size() == count and store.checkpoint() is not None
+        store.close()
+        if complete:
+            print(f"reusing the log of {count:,} entries", file=sys.stderr)
+            return url
+        (folder / f"log-{count}.db").unlink()
+    print(f"building a log of {count:,} entries ...", file=sys.stderr)
+    build_log(network, url, count).close()
+    return url
+
+
+def _network(folder: Path) -> Network:
+    if (folder / "net" / "network.yaml").exists():
+        network = load_network(folder / "net")
+    else:
+        network = init_network(
+            folder / "net", ["a", "b", "c"], base_port=_free_base_port(7)
+        )
+    key_ring(network)
+    return network
+
+
+def _run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    network = _network(folder)
+    measured: dict[str, Any] = {}
+    if "appends" in args.only:
+        print("appends ...", file=sys.stderr)
+        appends_db = folder / "appends.db"
+        appends_db.unlink(missing_ok=True)
+        measured["appends"] = bench_appends(
+            network, f"sqlite:///{appends_db}", args.appends, args.clients
+        )
+        if args.postgres_url:
+            print("appends on PostgreSQL ...", file=sys.stderr)
+            measured["appends_postgresql"] = bench_appends(
+                network, args.postgres_url, args.appends, args.clients
+            )
+    if "proofs" in args.only or "catch-up" in args.only:
+        log_url = _log_for(network, folder, args.entries)
+        if "proofs" in args.only:
+            store = LedgerStore(log_url)
+            measured["proofs"] = bench_proofs(store, args.entries)
+            store.close()
+        if "catch-up" in args.only:
+            print("replica catch-up ...", file=sys.stderr)
+            measured["replica_catch_up"] = bench_catch_up(
+                network, folder, log_url, args.entries
+            )
+    return measured
 
 
 def main() -> None:
@@ -305,105 +384,131 @@ def main() -> None:
         "--postgres-url",
         help="also measure appends on this (empty) PostgreSQL database",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="measure only this part (repeatable); the others keep their "
+        "recorded results",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the network and the large log here and reuse them next time "
+        "(default: a temporary folder)",
+    )
     args = parser.parse_args()
+    args.only = tuple(args.only or PARTS)
 
     load_at_start = [round(x, 2) for x in os.getloadavg()]
-    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder:
-        tmp = Path(folder)
-        network = init_network(
-            tmp / "net", ["a", "b", "c"], base_port=_free_base_port(7)
-        )
-        key_ring(network)
-        print("appends ...", file=sys.stderr)
-        appends = bench_appends(
-            network, f"sqlite:///{tmp / 'appends.db'}", args.appends, args.clients
-        )
-        appends_pg = None
-        if args.postgres_url:
-            print("appends on PostgreSQL ...", file=sys.stderr)
-            appends_pg = bench_appends(
-                network, args.postgres_url, args.appends, args.clients
-            )
-        print(f"building a log of {args.entries:,} entries ...", file=sys.stderr)
-        log_url = f"sqlite:///{tmp / 'big.db'}"
-        store = build_log(network, log_url, args.entries)
-        proofs = bench_proofs(store, args.entries)
-        store.close()
-        print("replica catch-up ...", file=sys.stderr)
-        catch_up = bench_catch_up(network, tmp, log_url, args.entries)
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        measured = _run(args, args.workdir.resolve())
+    else:
+        with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder:
+            measured = _run(args, Path(folder))
 
-    results = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average_at_start": load_at_start,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        },
-        "database": "sqlite (WAL, synchronous=FULL)",
-        "appends": appends,
-        "appends_postgresql": appends_pg,
-        "proofs": proofs,
-        "replica_catch_up": catch_up,
+    machine = {
+        "cpus": os.cpu_count(),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
+    results: dict[str, Any] = {"machine": machine}
+    if RESULTS.exists() and args.only != PARTS:
+        # The machine of the full run stays; each part measured now says its own.
+        results = json.loads(RESULTS.read_text())
+        for part in measured.values():
+            part["machine"] = machine
+    results["database"] = "sqlite (WAL, synchronous=FULL)"
+    results.update(measured)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    rows = [
-        (
-            "durable appends/s (SQLite)",
-            appends["durable_appends_per_second"],
-            ">= 1000",
-        ),
-        *(
-            [
-                (
-                    "durable appends/s (PostgreSQL)",
-                    appends_pg["durable_appends_per_second"],
-                    ">= 1000",
-                )
-            ]
-            if appends_pg
-            else []
-        ),
-        (
-            "inclusion proof generation (median ms)",
-            proofs["inclusion_generate_ms_median"],
-            "< 5",
-        ),
-        (
-            "inclusion proof generation (p95 ms)",
-            proofs["inclusion_generate_ms_p95"],
-            "< 5",
-        ),
-        (
-            "inclusion proof generation, CPU time (p95 ms)",
-            proofs["inclusion_generate_cpu_ms_p95"],
-            "< 5",
-        ),
-        (
-            "inclusion proof verification (median ms)",
-            proofs["inclusion_verify_ms_median"],
-            "< 1",
-        ),
-        (
-            "consistency proof generation (median ms)",
-            proofs["consistency_generate_ms_median"],
-            "",
-        ),
-        (
-            f"replica catch-up on {args.entries:,} entries (s)",
-            catch_up["seconds"],
-            "< 60",
-        ),
-        (
-            "replica catch-up, CPU seconds (process + workers)",
-            catch_up["cpu_seconds_total"],
-            "",
-        ),
-    ]
+    _print_table(results, measured, args.entries)
+
+
+def machine_load(results: dict[str, Any], measured: dict[str, Any]) -> Any:
+    """The load average at the end of this run."""
+    for part in measured.values():
+        if "machine" in part:
+            return part["machine"]["load_average_at_end"]
+    return results["machine"]["load_average_at_end"]
+
+
+def _print_table(
+    results: dict[str, Any], measured: dict[str, Any], entries: int
+) -> None:
+    appends = measured.get("appends")
+    appends_pg = measured.get("appends_postgresql")
+    proofs = measured.get("proofs")
+    catch_up = measured.get("replica_catch_up")
+    rows: list[tuple[str, Any, str]] = []
+    if appends:
+        rows.append(
+            (
+                "durable appends/s (SQLite)",
+                appends["durable_appends_per_second"],
+                ">= 1000",
+            )
+        )
+    if appends_pg:
+        rows.append(
+            (
+                "durable appends/s (PostgreSQL)",
+                appends_pg["durable_appends_per_second"],
+                ">= 1000",
+            )
+        )
+    if proofs:
+        rows += [
+            (
+                "inclusion proof generation (median ms)",
+                proofs["inclusion_generate_ms_median"],
+                "< 5",
+            ),
+            (
+                "inclusion proof generation (p95 ms)",
+                proofs["inclusion_generate_ms_p95"],
+                "< 5",
+            ),
+            (
+                "inclusion proof generation, CPU time (p95 ms)",
+                proofs["inclusion_generate_cpu_ms_p95"],
+                "< 5",
+            ),
+            (
+                "inclusion proof verification (median ms)",
+                proofs["inclusion_verify_ms_median"],
+                "< 1",
+            ),
+            (
+                "consistency proof generation (median ms)",
+                proofs["consistency_generate_ms_median"],
+                "",
+            ),
+        ]
+    if catch_up:
+        rows += [
+            (
+                f"replica catch-up on {entries:,} entries (s)",
+                catch_up["seconds"],
+                "< 60",
+            ),
+            (
+                "replica catch-up, CPU seconds (process + workers)",
+                catch_up["cpu_seconds_total"],
+                "",
+            ),
+            (
+                "replica catch-up, CPU seconds / cores",
+                catch_up["cpu_seconds_per_core"],
+                "",
+            ),
+        ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure'.ljust(width)}  {'value':>10}  target")
     for name, value, target in rows:
         print(f"{name.ljust(width)}  {value!s:>10}  {target}")
-    print(f"load average: {results['machine']['load_average_at_end']}")
+    print(f"load average: {machine_load(results, measured)}")
     print(f"results: {RESULTS}")
 
 

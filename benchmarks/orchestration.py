@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import datetime as dt
 import json
 import os
@@ -38,7 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from airfed.ledger.server import serve_log
 from airfed.sdk._airflow import airflow_config_file, start_orchestrator
+from airfed.sdk._ledger import register_plan
 from airfed.sdk.network import client_ssl_context, init_network
 from airfed.sdk.node_client import NodeClient
 from airfed.sdk.orchestrator import wait_for_plan
@@ -111,10 +114,15 @@ def _run_on_airflow(
     orchestrator: Any,
     nodes: dict[str, Any],
     network_root: Path,
+    *,
+    ledger: bool = False,
 ) -> dict[str, Any]:
     with orchestrator.client() as client:
         submitted_at = dt.datetime.now(dt.UTC)
         start = time.perf_counter()
+        if ledger:
+            # As the SDK does: the creator registers the plan, then submits.
+            register_plan(network_root / spec.creator, spec)
         client.submit_plan(spec)
         submit_seconds = time.perf_counter() - start
         plan = wait_for_plan(client, spec.key, timeout=7200, poll_interval=0.2)
@@ -202,34 +210,51 @@ def measure_parse(workdir: Path) -> dict[str, Any]:
     return results
 
 
-def run(nodes_count: int, rounds: int, workdir: Path, *, mode: str) -> dict[str, Any]:
+def run(
+    nodes_count: int, rounds: int, workdir: Path, *, mode: str, ledger: bool
+) -> dict[str, Any]:
     orgs = [f"org{i}" for i in range(nodes_count)]
     network = init_network(
         workdir / "net", orgs, base_port=free_port_block(2 * nodes_count + 1)
     )
-    with (
-        start_nodes(network, orgs) as nodes,
-        start_orchestrator(
-            workdir / "airflow",
-            network.root,
-            port=free_port(),
-            extra_environment=MODES[mode],
-        ) as orchestrator,
-    ):
+    environment = dict(MODES[mode])
+    if ledger:
+        environment["AIRFLOW__AIRFED__LEDGER"] = "on"
+        os.environ["AIRFED_NODE_LEDGER"] = "on"
+    with contextlib.ExitStack() as stack:
+        if ledger:
+            stack.callback(serve_log(network.root).stop)
+        nodes = stack.enter_context(start_nodes(network, orgs))
+        orchestrator = stack.enter_context(
+            start_orchestrator(
+                workdir / "airflow",
+                network.root,
+                port=free_port(),
+                extra_environment=environment,
+            )
+        )
         federation = register_federation(nodes, network.root, workdir / "assets")
         # The first plan after start shows what a user waits for the first
         # task; it also warms the components up (imports, first parse).
         first = _run_on_airflow(
-            federation, federation.plan(1), orchestrator, nodes, network.root
+            federation,
+            federation.plan(1),
+            orchestrator,
+            nodes,
+            network.root,
+            ledger=ledger,
         )
         spec = federation.plan(rounds)
-        airflow = _run_on_airflow(federation, spec, orchestrator, nodes, network.root)
+        airflow = _run_on_airflow(
+            federation, spec, orchestrator, nodes, network.root, ledger=ledger
+        )
     limit = _run_in_process(federation, spec)
     levels = max(task.rank for task in spec.tasks) + 1
     overhead = airflow["seconds"] - limit["seconds"]
     airflow_only = airflow["seconds"] - airflow["node_critical_path_seconds"]
     return {
         "mode": mode,
+        "ledger": ledger,
         "first_plan_submit_to_first_task_running_seconds": first[
             "submit_to_first_task_running_seconds"
         ],
@@ -265,6 +290,14 @@ def main() -> None:
         "--parse-only", action="store_true", help="Measure DAG parsing only."
     )
     parser.add_argument(
+        "--ledger",
+        action="store_true",
+        help=(
+            "Run with the ledger on, as `airfed orchestrator start` and the "
+            "quickstart do: plans registered, every task run written to the log."
+        ),
+    )
+    parser.add_argument(
         "--mode",
         choices=sorted(MODES),
         default="worker",
@@ -288,11 +321,14 @@ def main() -> None:
                 args.rounds,
                 Path(tmp),
                 mode=args.mode,
+                ledger=args.ledger,
             )
         )
     if measured is not None:
         mode = args.mode.replace("-", "_")
         name = f"{args.nodes}_nodes_{args.rounds}_rounds_{mode}"
+        if args.ledger:
+            name += "_ledger"
         results.setdefault("runs", {})[name] = {
             **measured,
             "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -4,7 +4,9 @@ The plans folder (``[airfed] plans_folder``) holds one spec per submitted
 plan, ``<key>.json``. Each task of the spec becomes a
 :class:`~airfed.operators.NodeTaskOperator` that runs on the task's worker
 node; a task depends on the parents whose outputs it takes as inputs, and
-tells its node which organization holds each parent's outputs.
+tells its node which organization holds each parent's outputs, and proves
+to it that the task is one of the plan registered on the ledger (the spec's
+hash, the root of its task tree, the task's index and inclusion proof).
 
 Parsing stays fast and deterministic: when Airflow parses this file to run
 one task it names the DAG (``get_parsing_context().dag_id``) and only that
@@ -25,11 +27,13 @@ from airflow.sdk import DAG, get_parsing_context
 
 from airfed.dags._specs import read_specs
 from airfed.operators import NodeTaskOperator
+from airfed.operators._plan_end import end_plan_on_nodes
 from airfed.operators._settings import (
     finish_in_triggerer,
     node_poll_interval,
     wait_on_worker_seconds,
 )
+from airfed.sdk._membership import TaskTree
 from airfed.sdk.orchestrator import dag_id_for
 from airfed.sdk.spec import PlanSpec
 
@@ -64,7 +68,15 @@ def plan_doc(spec: PlanSpec) -> str:
 
 def build_plan_dag(spec: PlanSpec) -> DAG:
     """One DAG for the plan: a node task per task, edges from parents."""
-    plan = {"key": spec.key, "name": spec.name, "creator": spec.creator}
+    tree = TaskTree(spec)
+    plan = {
+        "key": spec.key,
+        "name": spec.name,
+        "creator": spec.creator,
+        "spec_hash": tree.spec_hash,
+        "tasks_root": tree.root,
+        "task_count": tree.count,
+    }
     workers = {task.key: task.worker for task in spec.tasks}
     # Read once per DAG: a configuration lookup per task slows a large plan.
     poll_interval, finish_in_trigger = node_poll_interval(), finish_in_triggerer()
@@ -78,16 +90,25 @@ def build_plan_dag(spec: PlanSpec) -> DAG:
         max_active_runs=1,
         tags=["airfed", spec.strategy],
         default_args=_DEFAULT_ARGS,
+        # When the run ends, every node deletes the plan's transient models
+        # that consumers which never ran would have released.
+        on_success_callback=end_plan_on_nodes,
+        on_failure_callback=end_plan_on_nodes,
     ) as dag:
         operators = {
             task.key: NodeTaskOperator(
                 task_spec=task,
-                plan={**plan, "parents": {p: workers[p] for p in task.parent_keys}},
+                plan={
+                    **plan,
+                    "parents": {p: workers[p] for p in task.parent_keys},
+                    "task_index": index,
+                    "task_proof": tree.proof(index),
+                },
                 poll_interval=poll_interval,
                 finish_in_trigger=finish_in_trigger,
                 wait_on_worker=wait,
             )
-            for task in spec.tasks
+            for index, task in enumerate(spec.tasks)
         }
         for task in spec.tasks:
             for parent in task.parent_keys:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import msgspec
 import nacl.bindings
 import nacl.exceptions
 import rfc8785
@@ -45,23 +46,29 @@ __all__ = [
     "MAX_ENTRY_BYTES",
     "TASK_STATUSES",
     "Entry",
+    "EntryFields",
     "EntryKind",
     "KeyRing",
     "make_entry",
     "parse_entry",
     "verify_entries",
     "verify_entry",
+    "verify_entry_bytes",
 ]
 
 ENTRY_VERSION = 1
 MAX_ENTRY_BYTES = 64 * 1024
-TASK_STATUSES = frozenset({"waiting", "executing", "done", "failed", "canceled"})
+TASK_STATUSES = frozenset(
+    {"waiting", "executing", "prepared", "done", "failed", "canceled"}
+)
 _DOMAIN = b"airfed-ledger-entry/v1\n"
 _PREFIX = b'{"signature":"'
 _SIGNATURE_B64 = 88  # base64 of 64 bytes
 _MIDDLE = b'","statement":'
 _STATEMENT_AT = len(_PREFIX) + _SIGNATURE_B64 + len(_MIDDLE)
 _STATEMENT_FIELDS = frozenset({"v", "kind", "author", "key", "time", "body"})
+_SIGNATURE_AT = len(_PREFIX)
+_MIDDLE_AT = _SIGNATURE_AT + _SIGNATURE_B64
 
 
 class EntryKind(StrEnum):
@@ -75,6 +82,7 @@ class EntryKind(StrEnum):
     PERMISSIONS_CHANGED = "permissions_changed"
 
 
+_KINDS = {kind.value: kind for kind in EntryKind}  # a dict lookup, not the enum's
 _Types = type | tuple[type, ...]
 _OPTIONAL_RECEIPT: _Types = (dict, type(None))
 
@@ -98,7 +106,13 @@ _BODIES: dict[EntryKind, tuple[dict[str, _Types], dict[str, _Types]]] = {
     ),
     EntryKind.PLAN_REGISTERED: (
         {"spec_hash": str},
-        {"creator": str, "name": str, "organizations": list},
+        {
+            "creator": str,
+            "name": str,
+            "organizations": list,
+            "tasks_root": str,
+            "task_count": int,
+        },
     ),
     EntryKind.TASK_STATUS: (
         {"plan_key": str, "status": str},
@@ -247,19 +261,18 @@ def parse_entry(data: bytes, *, canonical: bool = True) -> Entry:
 
 
 def _check_statement(statement: Mapping[str, Any]) -> None:
-    if set(statement) != _STATEMENT_FIELDS:
+    if statement.keys() != _STATEMENT_FIELDS:
         raise EntryError(
             f"entry statement must have exactly the fields {sorted(_STATEMENT_FIELDS)}"
         )
     if statement["v"] != ENTRY_VERSION:
         raise EntryError(f"entry version {statement['v']!r} is not {ENTRY_VERSION}")
-    try:
-        kind = EntryKind(statement["kind"])
-    except ValueError:
+    kind = _KINDS.get(statement["kind"]) if type(statement["kind"]) is str else None
+    if kind is None:
         raise EntryError(
             f"entry kind {statement['kind']!r} is not one of "
             f"{', '.join(k.value for k in EntryKind)}"
-        ) from None
+        )
     for field in ("author", "key", "time"):
         value = statement[field]
         if not isinstance(value, str) or not value or len(value) > 256:
@@ -338,11 +351,17 @@ def _signature_ok(public_key: bytes, signature: bytes, message: bytes) -> bool:
 
 
 def _receipt_problem(entry: Entry, keys: KeyRing) -> str | None:
-    receipt = entry.body.get("receipt")
+    return _body_receipt_problem(entry.key, entry.body, keys)
+
+
+def _body_receipt_problem(
+    key: str, body: Mapping[str, Any], keys: KeyRing
+) -> str | None:
+    receipt = body.get("receipt")
     if receipt is None:
         return None
     signer = receipt.get("signer")
-    if receipt.get("task_key") != entry.key:
+    if receipt.get("task_key") != key:
         return "its receipt is for another task"
     if signer not in keys:
         return f"its receipt is signed by {signer!r}, not an organization"
@@ -427,3 +446,78 @@ def _check_part(
             return entries, (offset, str(exc))
         entries.append(entry)
     return entries, None
+
+
+# --------------------------------------------------------------------------
+# Many entries at once, as a replica reads them
+
+
+@dataclass(frozen=True)
+class EntryFields:
+    """The kind, author and key of each of a run of verified entries."""
+
+    kinds: list[str]
+    authors: list[str]
+    keys: list[str]
+
+
+_decode_statement = msgspec.json.Decoder()
+
+
+def verify_entry_bytes(
+    datas: Sequence[bytes], keys: KeyRing, *, first_index: int = 0
+) -> EntryFields:
+    """Check many entries' bytes as ``verify_entries`` does, without objects.
+
+    The same checks (envelope, statement shape, the author's and any
+    receipt's signature), for a replica that needs only what it stores: no
+    ``Entry`` is built, and the statement is decoded by a faster decoder.
+    An entry that this path cannot pass is checked again the thorough way,
+    which either accepts it or raises ``EntryError`` naming it by its index
+    in the log (``first_index`` is the index of ``datas[0]``), so the
+    verdict and the message are always those of ``verify_entries``.
+    """
+    fields = EntryFields([], [], [])
+    for offset, data in enumerate(datas):
+        found = _fast_fields(data, keys)
+        if found is None:
+            checked, problem = _check_part((0, [data]), keys)
+            if problem is not None:
+                raise EntryError(f"entry {first_index + offset}: {problem[1]}")
+            found = (str(checked[0].kind), checked[0].author, checked[0].key)
+        fields.kinds.append(found[0])
+        fields.authors.append(found[1])
+        fields.keys.append(found[2])
+    return fields
+
+
+def _fast_fields(data: bytes, keys: KeyRing) -> tuple[str, str, str] | None:
+    """An entry's kind, author and key if it passes every check, else None."""
+    if (
+        len(data) > MAX_ENTRY_BYTES
+        or data[:_SIGNATURE_AT] != _PREFIX
+        or data[_MIDDLE_AT:_STATEMENT_AT] != _MIDDLE
+        or data[-1:] != b"}"
+    ):
+        return None
+    statement_bytes = data[_STATEMENT_AT:-1]
+    try:
+        signature = binascii.a2b_base64(
+            data[_SIGNATURE_AT:_MIDDLE_AT], strict_mode=True
+        )
+        statement = _decode_statement.decode(statement_bytes)
+        if type(statement) is not dict:
+            return None
+        _check_statement(statement)
+    except (binascii.Error, msgspec.DecodeError, EntryError):
+        return None
+    author, key = statement["author"], statement["key"]
+    public_key = keys._raw.get(author)
+    if public_key is None or not _signature_ok(
+        public_key, signature, _DOMAIN + statement_bytes
+    ):
+        return None
+    body = statement["body"]
+    if "receipt" in body and _body_receipt_problem(key, body, keys) is not None:
+        return None
+    return statement["kind"], author, key

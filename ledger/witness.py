@@ -37,7 +37,7 @@ from concurrent.futures import (
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from airfed.ledger import merkle
 from airfed.ledger._network import checkpoint_verifier, key_ring
@@ -48,7 +48,7 @@ from airfed.ledger.checkpoint import (
     witness_name,
 )
 from airfed.ledger.client import LedgerClient
-from airfed.ledger.entries import KeyRing, verify_entries
+from airfed.ledger.entries import EntryFields, KeyRing, verify_entry_bytes
 from airfed.ledger.errors import (
     CheckpointError,
     EntryError,
@@ -68,8 +68,6 @@ _CHECKS_AHEAD = 6  # pages fetched or being checked ahead of the tree
 _COMMIT_EVERY = 50000  # entries stored per transaction
 _PROCESS_MIN = 50000  # catch-ups this long check pages on worker processes
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 _EntryRow = tuple[int, bytes, str, str, str, bytes]
 
 
@@ -340,7 +338,7 @@ class Witness:
         rows.extend(
             zip(
                 range(run.start, run.start + len(datas)),
-                run.leaves,
+                run.levels[0][1],
                 run.kinds,
                 run.authors,
                 run.keys,
@@ -348,7 +346,11 @@ class Witness:
                 strict=True,
             )
         )
-        nodes.extend(run.nodes)
+        for level, (first, hashes) in enumerate(run.levels):
+            first_id = node_id(level, first)
+            nodes.extend(
+                zip(range(first_id, first_id + len(hashes)), hashes, strict=True)
+            )
         for level, index, subtree in run.tops:
             nodes.extend(_push(staged, level, index, subtree))
 
@@ -423,20 +425,19 @@ def _copy(compact: merkle.CompactRange) -> merkle.CompactRange:
 
 @dataclass(frozen=True)
 class _CheckedRun:
-    """What checking entries [start, start + len(leaves)) found.
+    """What checking entries [start, start + len(kinds)) found.
 
-    ``nodes`` are the rows (``node_id``, hash) of every perfect subtree that
-    lies inside the run, its leaves included; ``tops`` are the largest of
-    them, left to right, which cover the run exactly. ``problem`` names the
-    first bad entry; nothing else is filled in then.
+    ``levels`` hold, from the leaves up, the first index and the hashes of
+    every perfect subtree that lies inside the run; ``tops`` are the largest
+    of them, left to right, which cover the run exactly. ``problem`` names
+    the first bad entry; nothing else is filled in then.
     """
 
     start: int
-    leaves: list[bytes]
     kinds: list[str]
     authors: list[str]
     keys: list[str]
-    nodes: list[tuple[int, bytes]]
+    levels: list[tuple[int, list[bytes]]]
     tops: list[tuple[int, int, bytes]]
     problem: str | None = None
 
@@ -450,20 +451,6 @@ def _init_checker(keys: KeyRing) -> None:
     _process_keys = keys
 
 
-class _Inline(Executor):
-    """Runs each call at once in the calling thread."""
-
-    def submit(
-        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
-    ) -> Future[_T]:
-        future: Future[_T] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
 def _check_run(
     start: int,
     datas: list[bytes],
@@ -475,33 +462,51 @@ def _check_run(
     ring = keys or _process_keys
     assert ring is not None, "the checker process has no key ring"
     try:
-        entries = verify_entries(
-            datas, ring, first_index=start, workers=workers, pool=pool or _Inline()
-        )
+        fields = _verify(start, datas, ring, pool, workers)
     except EntryError as exc:
-        return _CheckedRun(start, [], [], [], [], [], [], str(exc))
-    leaves = [merkle.leaf_hash(data) for data in datas]
-    nodes, tops = _subtrees(start, leaves)
-    return _CheckedRun(
-        start,
-        leaves,
-        [str(entry.kind) for entry in entries],
-        [entry.author for entry in entries],
-        [entry.key for entry in entries],
-        nodes,
-        tops,
+        return _CheckedRun(start, [], [], [], [], [], str(exc))
+    levels, tops = _subtrees(start, [merkle.leaf_hash(data) for data in datas])
+    return _CheckedRun(start, fields.kinds, fields.authors, fields.keys, levels, tops)
+
+
+def _verify(
+    start: int,
+    datas: list[bytes],
+    keys: KeyRing,
+    pool: Executor | None,
+    workers: int,
+) -> EntryFields:
+    """Every entry's shape and signatures, in parts on ``pool`` if given.
+
+    Raises ``EntryError`` naming the first bad entry in log order.
+    """
+    if pool is None or workers < 2 or len(datas) < 2:
+        return verify_entry_bytes(datas, keys, first_index=start)
+    chunk = -(-len(datas) // workers)
+    parts = pool.map(
+        lambda at: verify_entry_bytes(
+            datas[at : at + chunk], keys, first_index=start + at
+        ),
+        range(0, len(datas), chunk),
     )
+    fields = EntryFields([], [], [])
+    for part in parts:  # in order: the first failing part raises first
+        fields.kinds.extend(part.kinds)
+        fields.authors.extend(part.authors)
+        fields.keys.extend(part.keys)
+    return fields
 
 
 def _subtrees(
     start: int, leaves: list[bytes]
-) -> tuple[list[tuple[int, bytes]], list[tuple[int, int, bytes]]]:
+) -> tuple[list[tuple[int, list[bytes]]], list[tuple[int, int, bytes]]]:
     """The perfect subtrees inside leaves [start, start + len(leaves)).
 
-    Returns their rows and the largest ones that cover the range, in order.
+    Returns, level by level from the leaves up, the index of the first
+    subtree and their hashes; and the largest subtrees that cover the
+    range, in order.
     """
     end = start + len(leaves)
-    nodes = [(start + offset, leaf) for offset, leaf in enumerate(leaves)]
     levels = [(start, leaves)]
     first, below = start, leaves
     while len(below) > 1:
@@ -511,10 +516,6 @@ def _subtrees(
             for i in range(skip, len(below) - 1, 2)
         ]
         first = (first + skip) >> 1
-        level = len(levels)
-        nodes.extend(
-            (node_id(level, first + offset), h) for offset, h in enumerate(above)
-        )
         levels.append((first, above))
         below = above
     tops = []
@@ -527,7 +528,7 @@ def _subtrees(
         first, hashes = levels[level]
         tops.append((level, index, hashes[index - first]))
         position += 1 << level
-    return nodes, tops
+    return levels, tops
 
 
 def _push(

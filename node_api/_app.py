@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from airfed.node_api._archive import ArchiveError
 from airfed.node_api._auth import Caller, identify
 from airfed.node_api._context import NodeContext
+from airfed.node_api._external import POD, ExternalTasks, split_runner
 from airfed.node_api._ledger import node_ledger
 from airfed.node_api._store import AssetStore
 from airfed.node_api._tasks import TaskService
@@ -127,10 +128,18 @@ class SamplePath(pydantic.BaseModel):
     path: str
 
 
+class Release(pydantic.BaseModel):
+    """``POST /tasks/{key}/release``: a consuming task has finished."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    consumer: str = pydantic.Field(min_length=1, max_length=64)
+
+
 def create_app(context: NodeContext, *, run_tasks: bool = True) -> FastAPI:
     """The node's app; with ``run_tasks`` its task worker runs alongside."""
     store = AssetStore(context)
     tasks = TaskService(context, store)
+    external = ExternalTasks(tasks)
     ledger = node_ledger(context)
     if ledger is not None:
         tasks.before_run = ledger.check_task
@@ -141,9 +150,11 @@ def create_app(context: NodeContext, *, run_tasks: bool = True) -> FastAPI:
             ledger.start()
         if run_tasks:
             tasks.start()
+            external.start()
         try:
             yield
         finally:
+            external.stop()
             tasks.stop()
             if ledger is not None:
                 ledger.stop()
@@ -167,7 +178,7 @@ def create_app(context: NodeContext, *, run_tasks: bool = True) -> FastAPI:
     _dataset_routes(app, context, store, max_bytes)
     _function_routes(app, context, store, max_bytes)
     _model_routes(app, store)
-    _task_routes(app, tasks)
+    _task_routes(app, tasks, external)
     return app
 
 
@@ -320,14 +331,16 @@ def _model_routes(app: FastAPI, store: AssetStore) -> None:
         return list(store.list_performances(plan_key))
 
 
-def _task_routes(app: FastAPI, tasks: TaskService) -> None:
+def _task_routes(app: FastAPI, tasks: TaskService, external: ExternalTasks) -> None:
     @app.post("/tasks", status_code=202)
     async def submit_task(request: Request, who: Who) -> JSONResponse:
         try:
             body = await request.json()
         except ValueError as exc:
             raise BadRequest("the task must be a JSON object (a TaskSpec)") from exc
-        task, created = await _in_thread(tasks.submit, who, body)
+        runner, body = split_runner(body)
+        service = external if runner == POD else tasks
+        task, created = await _in_thread(service.submit, who, body)
         return JSONResponse(task, status_code=202 if created else 200)
 
     @app.get("/tasks")
@@ -340,11 +353,25 @@ def _task_routes(app: FastAPI, tasks: TaskService) -> None:
 
     @app.post("/tasks/{key}/cancel")
     def cancel_task(key: str, who: Who) -> dict[str, Any]:
-        return dict(tasks.cancel(who, key))
+        return dict(external.cancel(who, key) or tasks.cancel(who, key))
+
+    @app.post("/tasks/{key}/collect")
+    def collect_task(key: str, who: Who) -> dict[str, Any]:
+        return dict(external.collect(who, key))
 
     @app.get("/tasks/{key}/logs", response_class=PlainTextResponse)
     def task_logs(key: str, who: Who) -> str:
         return str(tasks.logs(who, key))
+
+    @app.post("/tasks/{key}/release")
+    def release_outputs(key: str, body: Release, who: Who) -> dict[str, Any]:
+        """Consumer ``body.consumer`` has finished with this task's outputs."""
+        return dict(tasks.transient.release(who, key, body.consumer))
+
+    @app.post("/plans/{plan_key}/end")
+    def end_plan(plan_key: str, who: Who) -> dict[str, Any]:
+        """The plan ended or was canceled: delete its transient models here."""
+        return dict(tasks.transient.end_plan(who, plan_key))
 
 
 async def _streamed(chunks: Iterator[bytes]) -> AsyncIterator[memoryview]:

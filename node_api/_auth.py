@@ -7,6 +7,11 @@ issued by the node's admin (``airfed node token create USER``) for users of
 the node's own organization, stored as their SHA-256, and accepted only from
 a caller that presents that organization's certificate. The caller is then
 ``org/user``, which permissions can name.
+
+``airfed node token list`` shows every token by id (never the token), and
+``airfed node token revoke ID`` marks one revoked in the node's database.
+Every request looks its token up, so a revoked token is refused (401) from
+the next request on, with no cache to expire; the row stays for the record.
 """
 
 from __future__ import annotations
@@ -19,11 +24,23 @@ from typing import Any
 
 from sqlalchemy import select
 
-from airfed.node_api._db import ApiToken, Database
-from airfed.node_api.errors import BadRequest, PermissionDenied, Unauthenticated
+from airfed.node_api._db import ApiToken, Database, utcnow
+from airfed.node_api.errors import (
+    BadRequest,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from airfed.sdk.spec import Permission
 
-__all__ = ["Caller", "identify", "issue_token"]
+__all__ = [
+    "Caller",
+    "identify",
+    "issue_token",
+    "issue_token_with_id",
+    "list_tokens",
+    "revoke_token",
+]
 
 _TOKEN_PREFIX = "afn_"  # noqa: S105 (a visible prefix, not a secret)
 
@@ -60,14 +77,53 @@ def _hash(token: str) -> str:
 
 def issue_token(db: Database, user: str) -> str:
     """Create a token for ``user`` of the node's organization; shown once."""
+    return issue_token_with_id(db, user)[1]
+
+
+def issue_token_with_id(db: Database, user: str) -> tuple[int, str]:
+    """Like :func:`issue_token`, with the id that ``revoke_token`` takes."""
     if not user or not all(c.isalnum() or c in "-_." for c in user):
         raise BadRequest(
             f"user name {user!r} may hold only letters, digits, '-', '_' and '.'"
         )
     token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
     with db.session() as session:
-        session.add(ApiToken(user=user, token_hash=_hash(token)))
-    return token
+        row = ApiToken(user=user, token_hash=_hash(token))
+        session.add(row)
+        session.flush()
+        return int(row.id), token
+
+
+def _token_out(row: ApiToken) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "user": row.user,
+        "created_at": row.created_at.isoformat(),
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        "status": "revoked" if row.revoked_at else "active",
+    }
+
+
+def list_tokens(db: Database, user: str | None = None) -> list[dict[str, Any]]:
+    """Every token of the node (or of ``user``), oldest first; no secrets."""
+    query = select(ApiToken).order_by(ApiToken.id)
+    if user is not None:
+        query = query.where(ApiToken.user == user)
+    with db.session() as session:
+        return [_token_out(row) for row in session.scalars(query)]
+
+
+def revoke_token(db: Database, token_id: int) -> dict[str, Any]:
+    """Mark token ``token_id`` revoked; revoking it again changes nothing."""
+    with db.session() as session:
+        row = session.get(ApiToken, token_id)
+        if row is None:
+            raise NotFound(
+                f"no token with id {token_id}; 'airfed node token list' shows them"
+            )
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+        return _token_out(row)
 
 
 def _user_for_token(db: Database, token: str) -> str | None:
@@ -75,7 +131,13 @@ def _user_for_token(db: Database, token: str) -> str | None:
         row = session.scalar(
             select(ApiToken).where(ApiToken.token_hash == _hash(token))
         )
-        return None if row is None else row.user
+        if row is None:
+            return None
+        if row.revoked_at is not None:
+            raise Unauthenticated(
+                "the user token was revoked; ask the node's admin for a new one"
+            )
+        return row.user
 
 
 def identify(

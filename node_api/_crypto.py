@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import IO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -113,6 +113,16 @@ def _nonce(index: int, final: bool) -> bytes:
     return index.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
 
 
+def _header_bytes(keys: KeyProvider, data_key: bytes, chunk_size: int) -> bytes:
+    header = {
+        "v": 1,
+        "key_id": keys.key_id,
+        "wrapped_key": base64.b64encode(keys.wrap(data_key)).decode(),
+        "chunk_size": chunk_size,
+    }
+    return json.dumps(header, sort_keys=True).encode()
+
+
 class ObjectWriter:
     """Encrypts what is written to it; ``commit`` makes the object visible.
 
@@ -134,17 +144,8 @@ class ObjectWriter:
         fd, name = tempfile.mkstemp(prefix="obj-", dir=store.tmp_dir)
         self._tmp = Path(name)
         self._file = os.fdopen(fd, "wb", buffering=0)
-        self._header = self._header_bytes(store.keys)
+        self._header = _header_bytes(store.keys, self._data_key, chunk_size)
         self._file.write(_MAGIC + struct.pack(">I", len(self._header)) + self._header)
-
-    def _header_bytes(self, keys: KeyProvider) -> bytes:
-        header = {
-            "v": 1,
-            "key_id": keys.key_id,
-            "wrapped_key": base64.b64encode(keys.wrap(self._data_key)).decode(),
-            "chunk_size": self._chunk_size,
-        }
-        return json.dumps(header, sort_keys=True).encode()
 
     @property
     def size(self) -> int:
@@ -256,6 +257,46 @@ class ObjectStore:
             writer.write(data)
             return writer.commit()
 
+    def seal(self, data: bytes) -> bytes:
+        """Encrypt ``data`` in memory into the format of a stored object.
+
+        For small values kept elsewhere than the store (a task's logs in the
+        database): the same envelope, data key and chunking as a file.
+        """
+        data_key = AESGCM.generate_key(bit_length=256)
+        header = _header_bytes(self.keys, data_key, self.chunk_size)
+        aead = AESGCM(data_key)
+        size = self.chunk_size
+        starts = range(0, max(len(data), 1), size)
+        sealed = [_MAGIC, struct.pack(">I", len(header)), header]
+        for index, start in enumerate(starts):
+            final = start + size >= len(data)
+            piece = data[start : start + size]
+            sealed.append(aead.encrypt(_nonce(index, final), piece, header))
+        return b"".join(sealed)
+
+    def unseal(self, blob: bytes) -> bytes:
+        """The plaintext of a :meth:`seal` result, every chunk authenticated."""
+        handle = io.BytesIO(blob)
+        header, chunk_size, key = self._read_header(handle)
+        aead = AESGCM(key)
+        body = memoryview(blob)[handle.tell() :]
+        step = chunk_size + _TAG
+        if chunk_size <= 0 or len(body) < _TAG:
+            raise DecryptionFailed("sealed value is truncated")
+        plain = []
+        for index, start in enumerate(range(0, len(body), step)):
+            final = start + step >= len(body)
+            try:
+                plain.append(
+                    aead.decrypt(
+                        _nonce(index, final), body[start : start + step], header
+                    )
+                )
+            except InvalidTag as exc:
+                raise DecryptionFailed("sealed value failed authentication") from exc
+        return b"".join(plain)
+
     def read(self, object_id: str) -> Iterator[bytes]:
         """Yield the plaintext chunk by chunk, each authenticated first."""
         with self._open(object_id) as handle:
@@ -296,7 +337,7 @@ class ObjectStore:
                 return
             index += 1
 
-    def _read_header(self, handle: io.FileIO) -> tuple[bytes, int, bytes]:
+    def _read_header(self, handle: IO[bytes]) -> tuple[bytes, int, bytes]:
         prefix = handle.read(len(_MAGIC) + 4)
         if len(prefix) != len(_MAGIC) + 4 or prefix[: len(_MAGIC)] != _MAGIC:
             raise DecryptionFailed("stored object has no airfed header")

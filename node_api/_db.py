@@ -20,6 +20,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -39,8 +40,10 @@ __all__ = [
     "Database",
     "Dataset",
     "Function",
+    "LedgerOutbox",
     "Model",
     "ModelAccess",
+    "OutputRelease",
     "Performance",
     "Task",
     "utcnow",
@@ -82,6 +85,8 @@ class ApiToken(Base):
     user: Mapped[str] = mapped_column("user_name", String(200), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Set by ``airfed node token revoke``; the row stays for the record.
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Dataset(Base):
@@ -142,6 +147,25 @@ class Model(Base):
     checksum: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Tasks that take a transient model as input (from its task's spec).
+    consumers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Set when a transient model's file is deleted; metadata and checksum stay.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OutputRelease(Base):
+    """A consuming task that finished with the outputs of a task of this node.
+
+    Keyed by the producing task, not the model: a consumer that is canceled
+    before its parent finishes releases outputs that do not exist yet.
+    """
+
+    __tablename__ = "output_releases"
+
+    task_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    consumer_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization: Mapped[str] = mapped_column(String(200))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class ModelAccess(Base):
@@ -183,13 +207,34 @@ class Task(Base):
     performances: Mapped[dict[str, Any]]
     receipt: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text)
+    # Plaintext logs of databases from before sealed_logs; sealed at start.
     logs: Mapped[str | None] = mapped_column(Text)
+    # The task's log, encrypted under the master key (ObjectStore.seal).
+    sealed_logs: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     dataset_key: Mapped[str | None] = mapped_column(String(64))
     function_owner: Mapped[str | None] = mapped_column(String(200))
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class LedgerOutbox(Base):
+    """A signed ledger entry that the log has not yet accepted.
+
+    It is written in the same transaction as the change it records, sent
+    from here, and deleted once the log holds it; ``problem`` is set (and
+    the row kept, not resent) when the log refuses it.
+    """
+
+    __tablename__ = "ledger_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    subject_key: Mapped[str] = mapped_column(String(256))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    problem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 def _first_line(exc: SQLAlchemyError) -> str:

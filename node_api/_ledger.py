@@ -7,17 +7,27 @@ sets ``AIRFED_NODE_LEDGER=off``, as unit tests of the node alone do):
 - it signs, with its identity key, an entry for every dataset, data sample
   and function registered on it (hashes and permissions), every access to a
   model's content, every permission change and every change of a task's
-  status (with its signed receipt once the task ended). The entries are
-  collected from the node's database as transactions commit and sent to the
-  log in the background: no request waits for the log;
-- before it runs a task it asks the log for the task's compute plan: the
-  ``plan_registered`` entry must be signed by the plan's creator, name this
-  node among the plan's organizations, carry the spec hash the orchestrator
-  gave (when it gave one), and be included, by an inclusion proof the node
+  status (with its signed receipt once the task ended). Each entry is
+  signed and written to the node's database (table ``ledger_outbox``) in
+  the transaction of the change it records, so it is durable before the
+  operation is acknowledged; a thread sends the outbox to the log, oldest
+  first, deletes what the log accepted, and resends the rest (also after a
+  restart). No request waits for the log;
+- before it runs a task it checks that the task is one of a compute plan
+  on the log. The orchestrator gives, in the task's ``plan``, the spec hash,
+  the root and size of the plan's task tree, the task's index and its
+  inclusion proof (``airfed.sdk._membership``); the node recomputes the
+  task's leaf from the task it received and checks the proof against that
+  root. The ``plan_registered`` entry must be signed by the plan's creator,
+  name this node among the plan's organizations, record that spec hash,
+  root and task count, and be included, by an inclusion proof the node
   checks itself, in a checkpoint that ``witness_quorum`` partners cosigned.
   A plan still waiting for its cosignatures is waited for up to
   ``ledger_plan_wait_seconds`` (30 s); a plan the log does not hold fails
-  the task at once with "plan ... is not recorded on the ledger";
+  the task at once with "plan ... is not recorded on the ledger", and a
+  task whose proof fails, or whose plan key the creator registered with
+  other tasks, with "task ... is not part of the plan ... registered on
+  the ledger";
 - it runs its organization's witness in a thread (``ledger_witness: off``
   turns it off): the replica in ``ledger-replica.db`` next to node.yaml, or
   in the storage folder when node.yaml's folder is not the organization's
@@ -28,11 +38,8 @@ sets ``AIRFED_NODE_LEDGER=off``, as unit tests of the node alone do):
   ``ledger_address`` (``ledger_serve_replica: off`` turns it off), so that
   partners can compare what the log showed each of them.
 
-Known shortcomings: statements not yet sent when the node stops are kept
-for five seconds only (the queue is in memory); a task failed in bulk when
-the node restarts is not written to the ledger; and the node checks the
-creator's registration of the plan key, not that the task is one of the
-registered spec's tasks (it never sees the spec).
+Known shortcomings: a task failed in bulk when the node restarts is not
+written to the ledger.
 """
 
 from __future__ import annotations
@@ -49,17 +56,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import yaml
 from sqlalchemy import event, inspect
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from airfed.node_api._context import NodeContext
-from airfed.node_api._db import DataSample, Dataset, Function, Model, ModelAccess, Task
+from airfed.node_api._db import (
+    DataSample,
+    Dataset,
+    Function,
+    LedgerOutbox,
+    Model,
+    ModelAccess,
+    Task,
+    utcnow,
+)
 from airfed.node_api.errors import TaskFailed
-from airfed.sdk._ledger import EntrySender, Statement
+from airfed.sdk._ledger import Statement
 from airfed.sdk.errors import ConfigError
-from airfed.sdk.network import NodeConfig
+from airfed.sdk.network import NodeConfig, load_identity_key
 
 __all__ = [
     "LEDGER_ENV",
@@ -73,7 +91,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LEDGER_ENV = "AIRFED_NODE_LEDGER"
-_PENDING = "airfed_ledger_statements"
+_PENDING = "airfed_ledger_outbox_written"
+_OUTBOX_BATCH = 500
+_MAX_PAUSE = 30.0
+_DRAIN_AT_STOP = 3.0  # seconds to send what is left; the rest waits on disk
 _ON = frozenset({"on", "true", "yes", "1"})
 _OFF = frozenset({"off", "false", "no", "0"})
 
@@ -287,7 +308,7 @@ class NodeLedger:
         self.network = context.config.network
         self.home = ledger_profile(context.config)
         self._engine = context.db.engine
-        self._sender: EntrySender | None = None
+        self._outbox: _Outbox | None = None
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._witness: Any = None
@@ -295,19 +316,20 @@ class NodeLedger:
         self._replica: Any = None
         self._witness_stop = threading.Event()
         self._witness_thread: threading.Thread | None = None
-        self._recorded_plans: set[tuple[str, str | None, str | None]] = set()
+        # (plan key, spec hash, tasks root, task count, creator) proven final.
+        self._recorded_plans: set[tuple[str, str, str, int, str | None]] = set()
 
     # -- lifecycle
 
     def start(self) -> None:
-        self._sender = EntrySender(
+        self._outbox = _Outbox(
+            self._engine,
             self.home,
             address=self.network.ledger_address,
             author=self.ctx.organization,
-            identity_key_file=Path(self.ctx.config.identity_key_file),
-            wait=True,
-            flush_at_exit=False,
+            identity_key=load_identity_key(Path(self.ctx.config.identity_key_file)),
         )
+        self._outbox.start()
         event.listen(Session, "after_flush", self._after_flush)
         event.listen(Session, "after_commit", self._after_commit)
         event.listen(Session, "after_soft_rollback", self._after_rollback)
@@ -336,8 +358,8 @@ class NodeLedger:
         if self._witness is not None:
             self._witness.close()
             self._witness_client.close()
-        if self._sender is not None:
-            self._sender.close(5.0)
+        if self._outbox is not None:
+            self._outbox.stop(_DRAIN_AT_STOP)
         with self._client_lock:
             if self._client is not None:
                 self._client.close()
@@ -356,26 +378,33 @@ class NodeLedger:
     # -- what the node records
 
     def record(self, statement: Statement) -> None:
-        if self._sender is not None:
-            self._sender.record(statement.kind, statement.key, statement.body)
+        """Write one entry to the outbox in a transaction of its own."""
+        if self._outbox is None:
+            return
+        with self._engine.begin() as connection:
+            written = self._outbox.write(connection, [statement])
+        if written:
+            self._outbox.wake()
 
     def _ours(self, session: Session) -> bool:
         return session.bind is self._engine
 
     def _after_flush(self, session: Session, _context: Any) -> None:
-        if not self._ours(session):
+        if not self._ours(session) or self._outbox is None:
             return
         try:
             found = statements_of_flush(session)
         except Exception:
             logger.warning("ledger statements not collected", exc_info=True)
             return
-        if found:
-            session.info.setdefault(_PENDING, []).extend(found)
+        # In the flush's own transaction: the entries commit, or roll back,
+        # with the change they record.
+        if found and self._outbox.write(session.connection(), found):
+            session.info[_PENDING] = True
 
     def _after_commit(self, session: Session) -> None:
-        for statement in session.info.pop(_PENDING, None) or ():
-            self.record(statement)
+        if session.info.pop(_PENDING, False) and self._outbox is not None:
+            self._outbox.wake()
 
     def _after_rollback(self, session: Session, _previous: Any) -> None:
         session.info.pop(_PENDING, None)
@@ -383,31 +412,44 @@ class NodeLedger:
     # -- the check before a task runs
 
     def check_task(self, task_key: str) -> None:
-        """Refuse (``TaskFailed``) a task whose compute plan is not on the ledger."""
+        """Refuse (``TaskFailed``) a task that is not one of a plan on the ledger."""
         with self.ctx.db.session() as session:
             row = session.get(Task, task_key)
             if row is None:
                 raise TaskFailed(f"no task {task_key} on this node")
             plan_key, plan = row.plan_key, dict(row.plan or {})
-            worker = str((row.spec or {}).get("worker") or self.ctx.organization)
-        self.check_plan(plan_key, plan, worker)
+            task = dict(row.spec or {})
+            worker = str(task.get("worker") or self.ctx.organization)
+        self.check_plan(plan_key, plan, worker, task)
         with self.ctx.db.session() as session:
             row = session.get(Task, task_key)
             if row is not None:
                 self.record(task_statement(row, "executing"))
 
-    def check_plan(self, plan_key: str, plan: Mapping[str, Any], worker: str) -> None:
-        spec_hash = plan.get("spec_hash")
+    def check_plan(
+        self,
+        plan_key: str,
+        plan: Mapping[str, Any],
+        worker: str,
+        task: Mapping[str, Any],
+    ) -> None:
+        """Refuse ``task`` unless the plan's registration on the ledger holds it.
+
+        The task's inclusion proof is checked every time (it is cheap and
+        differs per task); the proof of the plan's entry is kept per plan.
+        """
+        claim = _MembershipClaim.of(plan_key, plan, task)
+        claim.check(task)
         creator = str(plan.get("creator") or "").split("/")[0] or None
-        wanted = (plan_key, spec_hash, creator)
+        wanted = (plan_key, claim.spec_hash, claim.tasks_root, claim.count, creator)
         if wanted in self._recorded_plans:
             return
-        self._prove_plan(plan_key, spec_hash, creator, worker)
+        self._prove_plan(claim, creator, worker)
         self._recorded_plans.add(wanted)
         logger.info("plan found on the ledger plan=%s", plan_key)
 
     def _prove_plan(
-        self, plan_key: str, spec_hash: str | None, creator: str | None, worker: str
+        self, claim: _MembershipClaim, creator: str | None, worker: str
     ) -> None:
         from airfed.ledger.entries import Entry, EntryKind
         from airfed.ledger.errors import (
@@ -417,13 +459,22 @@ class NodeLedger:
         )
         from airfed.ledger.evidence import prove_entry
 
+        plan_key = claim.plan_key
+
+        def by_creator(entry: Entry) -> bool:
+            return (
+                entry.kind is EntryKind.PLAN_REGISTERED
+                and (creator is None or entry.author == creator)
+                and worker in entry.body.get("organizations", [worker])
+            )
+
         def registers_plan(entry: Entry) -> bool:
             body = entry.body
             return (
-                entry.kind is EntryKind.PLAN_REGISTERED
-                and (spec_hash is None or body.get("spec_hash") == spec_hash)
-                and (creator is None or entry.author == creator)
-                and worker in body.get("organizations", [worker])
+                by_creator(entry)
+                and body.get("spec_hash") == claim.spec_hash
+                and body.get("tasks_root") == claim.tasks_root
+                and body.get("task_count") == claim.count
             )
 
         deadline = time.monotonic() + self.settings.plan_wait_seconds
@@ -439,6 +490,12 @@ class NodeLedger:
             except NotRecordedError as exc:
                 problem = str(exc)
                 waiting = self._registered(plan_key, registers_plan)
+                if not waiting and self._registered(plan_key, by_creator):
+                    # The creator registered this plan key, with other tasks.
+                    raise claim.refusal(
+                        "the plan registered under this key records another "
+                        "spec hash or task tree"
+                    ) from exc
             except LedgerUnavailable as exc:
                 problem, waiting = f"the ledger cannot be reached ({exc})", True
             except LedgerError as exc:
@@ -505,6 +562,299 @@ class NodeLedger:
             logger.warning("witness health unavailable error=%s", exc)
             return {"status": "unknown", "witness": None}
         return {"status": witness.get("status", "ok"), "witness": witness}
+
+
+@dataclass(frozen=True)
+class _MembershipClaim:
+    """What the orchestrator gave to show that a task is one of its plan's."""
+
+    plan_key: str
+    task_key: str
+    spec_hash: str
+    tasks_root: str
+    count: int
+    index: int
+    proof: tuple[str, ...]
+
+    @classmethod
+    def of(
+        cls, plan_key: str, plan: Mapping[str, Any], task: Mapping[str, Any]
+    ) -> _MembershipClaim:
+        task_key = str(task.get("key") or "?")
+        fields: dict[str, Any] = {}
+        for field, kind in _CLAIM_FIELDS.items():
+            value = plan.get(field)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, kind)
+                or (isinstance(value, list) and not all(map(_is_str, value)))
+            ):
+                logger.warning(
+                    "task refused, no proof of its plan task=%s plan=%s field=%s",
+                    task_key,
+                    plan_key,
+                    field,
+                )
+                raise TaskFailed(
+                    f"task {task_key} is not shown to be part of the plan "
+                    f"{plan_key} registered on the ledger: the submission's "
+                    f"plan lacks a valid {field!r}"
+                )
+            fields[field] = value
+        return cls(
+            plan_key=plan_key,
+            task_key=task_key,
+            spec_hash=fields["spec_hash"],
+            tasks_root=fields["tasks_root"],
+            count=fields["task_count"],
+            index=fields["task_index"],
+            proof=tuple(fields["task_proof"]),
+        )
+
+    def check(self, task: Mapping[str, Any]) -> None:
+        """Refuse the task unless its proof leads to the plan's task tree."""
+        from airfed.sdk._membership import verify_task
+
+        if not verify_task(task, self.index, self.count, self.proof, self.tasks_root):
+            raise self.refusal(
+                f"its proof as task {self.index} of {self.count} does not lead "
+                "to the plan's task tree"
+            )
+
+    def refusal(self, why: str) -> TaskFailed:
+        logger.warning(
+            "task refused, not part of its plan task=%s plan=%s reason=%s",
+            self.task_key,
+            self.plan_key,
+            why,
+        )
+        return TaskFailed(
+            f"task {self.task_key} is not part of the plan {self.plan_key} "
+            f"registered on the ledger: {why}"
+        )
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+# The fields of a task's ``plan`` that prove the task belongs to the plan.
+_CLAIM_FIELDS: dict[str, type] = {
+    "spec_hash": str,
+    "tasks_root": str,
+    "task_count": int,
+    "task_index": int,
+    "task_proof": list,
+}
+
+
+class _Outbox:
+    """The node's signed entries in its database, sent to the log by a thread.
+
+    ``write`` signs statements and inserts them on the caller's connection,
+    inside the caller's transaction. The thread sends the oldest entries
+    first (the log answers once they are durable), deletes them, and on an
+    unreachable log retries with a growing pause; an entry the log refuses
+    keeps its row with the log's answer in ``problem`` and is not resent.
+    The log takes an entry it already holds as a success, so an entry sent
+    again after a crash between sending and deleting is not duplicated.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        profile: Path,
+        *,
+        address: str,
+        author: str,
+        identity_key: Any,
+    ) -> None:
+        self._engine = engine
+        self._profile = profile
+        self._address = address
+        self._author = author
+        self._identity_key = identity_key
+        self._client: Any = None
+        self._client_class: Any = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._stop_by = 0.0
+        self._thread = threading.Thread(
+            target=self._run, name="ledger-outbox", daemon=True
+        )
+
+    def start(self) -> None:
+        # Imported here, on the starting thread: a package that two threads
+        # import at once can be seen half-initialized by one of them.
+        from airfed.ledger.client import LedgerClient
+
+        self._client_class = LedgerClient
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, drain: float) -> None:
+        """Send what is left for up to ``drain`` seconds, then stop."""
+        self._stop_by = time.monotonic() + drain
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(drain + 1.0)
+        left = self.pending()
+        if left:
+            logger.warning(
+                "ledger entries kept in the outbox author=%s pending=%d",
+                self._author,
+                left,
+            )
+
+    def pending(self) -> int:
+        query = sa.select(sa.func.count()).where(LedgerOutbox.problem.is_(None))
+        try:
+            with self._engine.connect() as connection:
+                return int(connection.execute(query).scalar_one())
+        except sa.exc.SQLAlchemyError:
+            return -1
+
+    # -- writing
+
+    def write(self, connection: Connection, statements: list[Statement]) -> bool:
+        """Sign ``statements`` and insert them; False if none could be signed."""
+        from airfed.ledger.entries import make_entry
+        from airfed.ledger.errors import EntryError
+
+        rows = []
+        for statement in statements:
+            body = statement.body
+            try:
+                entry = make_entry(
+                    statement.kind,
+                    author=self._author,
+                    key=statement.key,
+                    body=body() if callable(body) else body,
+                    identity_key=self._identity_key,
+                )
+            except (EntryError, ValueError) as exc:
+                logger.error(
+                    "ledger entry not made kind=%s key=%s error=%s",
+                    statement.kind,
+                    statement.key,
+                    exc,
+                )
+                continue
+            rows.append(
+                {
+                    "kind": str(entry.kind),
+                    "subject_key": entry.key,
+                    "data": entry.data,
+                    "created_at": utcnow(),
+                }
+            )
+        if rows:
+            connection.execute(sa.insert(LedgerOutbox), rows)
+        return bool(rows)
+
+    # -- the sending thread
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() and time.monotonic() >= self._stop_by
+
+    def _run(self) -> None:
+        from airfed.ledger.errors import LedgerUnavailable
+
+        pause = 0.5
+        while not self._stopping():
+            self._wake.clear()
+            try:
+                rows = self._oldest()
+                if rows:
+                    self._send(rows)
+                    pause = 0.5
+                    continue
+            except (LedgerUnavailable, sa.exc.SQLAlchemyError) as exc:
+                logger.warning(
+                    "ledger outbox not sent, will retry author=%s error=%s",
+                    self._author,
+                    exc,
+                )
+                self._close_client()
+                if self._stop.is_set():
+                    break
+                self._stop.wait(pause)
+                pause = min(_MAX_PAUSE, pause * 2)
+                continue
+            except Exception:
+                # Kept on disk: the next round (or the next start) tries again.
+                logger.exception("ledger outbox failed author=%s", self._author)
+                self._stop.wait(pause)
+                pause = min(_MAX_PAUSE, pause * 2)
+                continue
+            if self._stop.is_set():
+                break
+            self._wake.wait(1.0)
+        self._close_client()
+
+    def _oldest(self) -> list[Any]:
+        query = (
+            sa.select(LedgerOutbox.id, LedgerOutbox.kind, LedgerOutbox.subject_key)
+            .add_columns(LedgerOutbox.data)
+            .where(LedgerOutbox.problem.is_(None))
+            .order_by(LedgerOutbox.id)
+            .limit(_OUTBOX_BATCH)
+        )
+        with self._engine.connect() as connection:
+            return list(connection.execute(query))
+
+    def _send(self, rows: list[Any]) -> None:
+        """Append ``rows``; the log's refusal of one entry spares the others."""
+        from airfed.ledger.errors import LedgerError, LedgerUnavailable
+
+        try:
+            self._client_of_log().append([row.data for row in rows], wait=True)
+        except LedgerUnavailable:
+            raise
+        except LedgerError as exc:
+            if len(rows) > 1:
+                for row in rows:
+                    self._send([row])
+                return
+            logger.error(
+                "ledger refused entry kind=%s key=%s error=%s",
+                rows[0].kind,
+                rows[0].subject_key,
+                exc,
+            )
+            self._mark_refused(rows[0].id, str(exc))
+            return
+        with self._engine.begin() as connection:
+            connection.execute(
+                sa.delete(LedgerOutbox).where(
+                    LedgerOutbox.id.in_([row.id for row in rows])
+                )
+            )
+        logger.debug(
+            "ledger entries sent author=%s entries=%d", self._author, len(rows)
+        )
+
+    def _mark_refused(self, row_id: int, problem: str) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(
+                sa.update(LedgerOutbox)
+                .where(LedgerOutbox.id == row_id)
+                .values(problem=problem[:2000])
+            )
+
+    def _client_of_log(self) -> Any:
+        if self._client is None:
+            self._client = self._client_class(
+                self._address, self._profile, timeout=10.0
+            )
+        return self._client
+
+    def _close_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 def node_ledger(context: NodeContext) -> NodeLedger | None:

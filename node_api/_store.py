@@ -42,6 +42,7 @@ from airfed.node_api._db import (
 from airfed.node_api.errors import (
     BadRequest,
     Conflict,
+    Gone,
     NotFound,
     PermissionDenied,
 )
@@ -449,6 +450,12 @@ class AssetStore:
             row = self._model(session, key)
             permissions = permissions_of(row.permissions)
             purpose = self._read_purpose(caller, row.owner, permissions)
+            if row.deleted_at is not None:
+                raise Gone(
+                    f"model {key} was transient and has been deleted once the "
+                    "tasks that consume it had finished; its metadata and "
+                    f"checksum remain at /models/{key}/metadata"
+                )
             session.add(
                 ModelAccess(
                     model_key=key,
@@ -564,6 +571,7 @@ def model_out(row: Model) -> dict[str, Any]:
         "checksum": row.checksum,
         "size": row.size,
         "created_at": row.created_at.isoformat(),
+        "deleted_at": row.deleted_at.isoformat() if row.deleted_at else None,
     }
 
 

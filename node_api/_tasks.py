@@ -52,6 +52,7 @@ from airfed.node_api._db import (
     utcnow,
 )
 from airfed.node_api._store import AssetStore, permissions_of
+from airfed.node_api._transient import TransientOutputs
 from airfed.node_api.errors import (
     BadRequest,
     Conflict,
@@ -132,6 +133,7 @@ class TaskService:
         # Called with the task key before a task is staged; raises to refuse it
         # (the node's ledger checks that the task's plan is recorded).
         self.before_run: Callable[[str], None] | None = None
+        self.transient = TransientOutputs(context, self.node_ssl_context)
 
     # -- API
 
@@ -221,11 +223,14 @@ class TaskService:
                 allowed.add(str(row.plan["creator"]))
             if caller.organization not in allowed:
                 raise PermissionDenied(f"{caller.id} may not cancel task {key}")
-            if row.status == WAITING:
+            canceled_now = row.status == WAITING
+            if canceled_now:
                 row.status = CANCELED
                 row.ended_at = utcnow()
             elif row.status == EXECUTING:
                 row.cancel_requested = True
+        if canceled_now:
+            self.transient.release_parents(key)
         event = self._cancels.get(key)
         if event is not None:
             event.set()
@@ -236,7 +241,10 @@ class TaskService:
         with self.ctx.db.session() as session:
             row = self._task(session, key)
             self._require_logs_permission(session, caller, row)
-            return row.logs or ""
+            sealed, plain = row.sealed_logs, row.logs
+        if sealed is not None:
+            return self.ctx.objects.unseal(sealed).decode(errors="replace")
+        return plain or ""
 
     def _require_logs_permission(self, session: Any, caller: Caller, row: Task) -> None:
         if row.dataset_key:
@@ -254,6 +262,7 @@ class TaskService:
 
     def start(self) -> None:
         self._fail_interrupted()
+        self._seal_plain_logs()
         concurrency = self.ctx.options.task_concurrency
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="task")
         self._dispatcher = threading.Thread(
@@ -283,6 +292,18 @@ class TaskService:
                     ended_at=utcnow(),
                 )
             )
+
+    def _seal_plain_logs(self) -> None:
+        """Encrypt logs that a node of an earlier version stored in plaintext."""
+        with self.ctx.db.session() as session:
+            rows = session.scalars(select(Task).where(Task.logs.is_not(None)))
+            count = 0
+            for row in rows:
+                row.sealed_logs = self.ctx.objects.seal((row.logs or "").encode())
+                row.logs = None
+                count += 1
+        if count:
+            logger.info("plaintext task logs sealed count=%d", count)
 
     def _dispatch(self) -> None:
         while not self._stop.is_set():
@@ -328,6 +349,9 @@ class TaskService:
             self._wake.set()
 
     def _finish(self, key: str, status: str, **values: Any) -> None:
+        if "logs" in values:
+            log_text = str(values.pop("logs") or "")
+            values["sealed_logs"] = self.ctx.objects.seal(log_text.encode())
         with self.ctx.db.session() as session:
             row = self._task(session, key)
             if row.status in _FINAL:
@@ -337,6 +361,9 @@ class TaskService:
             for name, value in values.items():
                 setattr(row, name, value)
         logger.info("task ended task=%s status=%s", key, status)
+        # Consumers may have released this task's outputs before it finished.
+        self.transient.collect(key)
+        self.transient.release_parents(key)
 
     @property
     def stopping(self) -> bool:
@@ -513,6 +540,11 @@ class _TaskRun:
             model = session.get(Model, model_key)
             if model is None:
                 raise TaskFailed(f"model {model_key} is not on this node")
+            if model.deleted_at is not None:
+                raise TaskFailed(
+                    f"model {model_key} was transient and has been deleted; "
+                    "its consumers had all finished"
+                )
             permission = permissions_of(model.permissions).process
             Caller(self.ctx.organization).require(
                 permission, model.owner, f"process model {model_key}"
@@ -681,6 +713,7 @@ class _TaskRun:
             "object_id": stored.object_id,
             "permissions": spec.permissions.model_dump(mode="json"),
             "transient": spec.transient,
+            "consumers": list(spec.consumers),
         }
 
     def _record(self, outputs: dict[str, Any], performances: dict[str, float]) -> None:
@@ -697,6 +730,7 @@ class _TaskRun:
                         identifier=identifier,
                         permissions=output.pop("permissions"),
                         transient=output.pop("transient"),
+                        consumers=output.pop("consumers"),
                         object_id=output.pop("object_id"),
                         checksum=output["checksum"],
                         size=output.pop("size"),

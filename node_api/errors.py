@@ -9,6 +9,7 @@
           +-- PermissionDenied      403, the caller may not do this
           +-- NotFound              404, no such asset or task
           +-- Conflict              409, the key is taken by another asset
+          +-- Gone                  410, a transient model was deleted
           +-- PayloadTooLarge       413, an upload exceeds the node's limit
           +-- DatabaseUnavailable   503, the node's database failed
           +-- DecryptionFailed      500, stored bytes could not be decrypted
@@ -27,6 +28,7 @@ __all__ = [
     "Conflict",
     "DatabaseUnavailable",
     "DecryptionFailed",
+    "Gone",
     "NodeError",
     "NotFound",
     "PayloadTooLarge",
@@ -67,6 +69,13 @@ class NotFound(NodeError):
 class Conflict(NodeError):
     status = 409
     title = "Conflict"
+
+
+class Gone(NodeError):
+    """The asset existed but its content was deleted (a transient model)."""
+
+    status = 410
+    title = "Gone"
 
 
 class PayloadTooLarge(NodeError):

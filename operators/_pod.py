@@ -4,30 +4,59 @@
 task runtime as the node's subprocess (``airfed task run --workdir
 /airfed/task``, contract B) in the node's image, on the cluster of the task's
 worker: one Airflow connection per partner cluster, ``airfed_k8s_<org>`` by
-default (templated). The task's workdir, prepared by the node on its storage,
-is mounted at ``/airfed/task``; the node's secrets (read-only) at
-``/airfed/secrets``. The pod runs as a non-root user with a read-only root
-filesystem, no privilege escalation, every capability dropped, the runtime
-default seccomp profile, and resource requests and limits.
+default (templated). The pod runs as a non-root user (the node's, so that
+both can use the workdir) with a read-only root filesystem, no privilege
+escalation, every capability dropped, the runtime default seccomp profile,
+and resource requests and limits.
+
+The worker's node does everything around the pod, over its API (mutual TLS):
+
+1. ``POST /tasks`` with ``runner: pod``: the node checks the task (ledger,
+   permissions), fetches its inputs and prepares the workdir on its storage
+   at ``storage/tasks/<key>`` of its volume claim; the operator waits until
+   the task is ``prepared``;
+2. the pod runs with that folder mounted at ``/airfed/task`` and nothing
+   else of the node: the runtime needs no key, so the function can read
+   neither the node's master key nor its identity key;
+3. ``POST /tasks/{key}/collect``: the node stores the outputs encrypted,
+   signs the receipt and deletes the workdir. A done task pushes to XCom the
+   references and hashes a node task pushes; any other end fails the task
+   with the node's error, whether or not the pod itself failed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 
+from airfed.operators._settings import node_poll_interval
+from airfed.operators._trigger import node_client_args, task_result
+from airfed.sdk.errors import NodeRequestError
+from airfed.sdk.node_client import NodeClient
 from airfed.sdk.orchestrator import task_id_for
 from airfed.sdk.spec import TaskSpec
 
 __all__ = ["NodeTaskPodOperator", "PodResources"]
 
+logger = logging.getLogger(__name__)
+
 TASK_MOUNT = "/airfed/task"
-SECRETS_MOUNT = "/airfed/secrets"
-_RUN_AS = 10001
+# The node's storage folder on its volume claim (helm/airfed-node mounts the
+# claim at /var/lib/airfed and stores under /var/lib/airfed/storage).
+STORAGE_SUB_PATH = "storage"
+# The node's user (the image's airflow user, as helm/airfed-node runs it): the
+# pod writes into a workdir the node made and reads back.
+RUN_AS = 50000
+_PREPARING = frozenset({"waiting", "executing"})
+_UNREACHABLE_AFTER = 60.0
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -47,20 +76,12 @@ class PodResources:
         )
 
 
-def _volumes(
-    storage_claim: str, secret_name: str, resources: PodResources
-) -> list[k8s.V1Volume]:
+def _volumes(storage_claim: str, resources: PodResources) -> list[k8s.V1Volume]:
     return [
         k8s.V1Volume(
             name="node-storage",
             persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
                 claim_name=storage_claim
-            ),
-        ),
-        k8s.V1Volume(
-            name="node-secrets",
-            secret=k8s.V1SecretVolumeSource(
-                secret_name=secret_name, default_mode=0o400
             ),
         ),
         k8s.V1Volume(
@@ -70,14 +91,10 @@ def _volumes(
     ]
 
 
-def _mounts(task_key: str) -> list[k8s.V1VolumeMount]:
+def _mounts(task_key: str, storage_sub_path: str) -> list[k8s.V1VolumeMount]:
+    workdir = f"{storage_sub_path.strip('/')}/tasks/{task_key}".lstrip("/")
     return [
-        k8s.V1VolumeMount(
-            name="node-storage", mount_path=TASK_MOUNT, sub_path=f"tasks/{task_key}"
-        ),
-        k8s.V1VolumeMount(
-            name="node-secrets", mount_path=SECRETS_MOUNT, read_only=True
-        ),
+        k8s.V1VolumeMount(name="node-storage", mount_path=TASK_MOUNT, sub_path=workdir),
         k8s.V1VolumeMount(name="scratch", mount_path="/tmp"),  # noqa: S108 (pod's own tmpfs)
     ]
 
@@ -85,9 +102,10 @@ def _mounts(task_key: str) -> list[k8s.V1VolumeMount]:
 def _pod_security() -> k8s.V1PodSecurityContext:
     return k8s.V1PodSecurityContext(
         run_as_non_root=True,
-        run_as_user=_RUN_AS,
-        run_as_group=_RUN_AS,
-        fs_group=_RUN_AS,
+        run_as_user=RUN_AS,
+        run_as_group=RUN_AS,
+        fs_group=RUN_AS,
+        fs_group_change_policy="OnRootMismatch",
         seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
     )
 
@@ -111,9 +129,11 @@ class NodeTaskPodOperator(KubernetesPodOperator):
         image: str,
         namespace: str,
         kubernetes_conn_id: str | None = None,
-        storage_claim: str = "airfed-node-storage",
-        secret_name: str = "airfed-node-secrets",  # noqa: S107 (a Secret object name)
+        plan: Mapping[str, Any] | None = None,
+        storage_claim: str = "airfed-node-store",
+        storage_sub_path: str = STORAGE_SUB_PATH,
         resources: PodResources | None = None,
+        poll_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
         spec = (
@@ -137,8 +157,8 @@ class NodeTaskPodOperator(KubernetesPodOperator):
                 "airfed.dev/organization": spec.worker,
             },
             annotations={"airfed.dev/task": spec.key, "airfed.dev/plan": spec.plan_key},
-            volumes=_volumes(storage_claim, secret_name, resources),
-            volume_mounts=_mounts(spec.key),
+            volumes=_volumes(storage_claim, resources),
+            volume_mounts=_mounts(spec.key, storage_sub_path),
             security_context=_pod_security(),
             container_security_context=_container_security(),
             container_resources=resources.requirements(),
@@ -148,4 +168,115 @@ class NodeTaskPodOperator(KubernetesPodOperator):
             **kwargs,
         )
         self.task_spec = spec.model_dump(mode="json")
+        self.plan = dict(plan) if plan is not None else None
+        self.task_key = spec.key
         self.worker = spec.worker
+        self.poll_interval = (
+            poll_interval if poll_interval is not None else node_poll_interval()
+        )
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        """Prepare on the node, run the pod, collect on the node; XCom the result."""
+        with self._node() as node:
+            task = self._prepare(node)
+            if task["status"] == "prepared":
+                self._run_pod_reporting(context)
+                try:
+                    task = self._patiently(lambda: node.collect_task(self.task_key))
+                except NodeRequestError as exc:
+                    raise AirflowFailException(
+                        f"node {self.worker} could not collect task "
+                        f"{self.task_key}: {exc.detail}"
+                    ) from exc
+        return self._result(task)
+
+    def run_pod(self, context: Any) -> None:
+        """Run the task's pod on the worker's cluster until it ends."""
+        super().execute(context)
+
+    def on_kill(self) -> None:
+        super().on_kill()
+        try:
+            with self._node() as node:
+                node.cancel_task(self.task_key)
+        except NodeRequestError as exc:
+            logger.warning(
+                "cancel not delivered task=%s node=%s status=%s",
+                self.task_key,
+                self.worker,
+                exc.status,
+            )
+
+    def _node(self) -> NodeClient:
+        url, ssl_context = node_client_args(self.worker)
+        return NodeClient(url, ssl_context)
+
+    def _prepare(self, node: NodeClient) -> dict[str, Any]:
+        """Have the node prepare the task; wait until it is prepared or ended."""
+        try:
+            task = self._patiently(
+                lambda: node.submit_task(self.task_spec, self.plan, runner="pod")
+            )
+            logger.info(
+                "task posted task=%s node=%s runner=pod", self.task_key, self.worker
+            )
+            while task["status"] in _PREPARING:
+                time.sleep(self.poll_interval)
+                task = self._patiently(lambda: node.get_task(self.task_key))
+        except NodeRequestError as exc:
+            raise AirflowFailException(
+                f"node {self.worker} refused task {self.task_key}: {exc.detail}"
+            ) from exc
+        return task
+
+    def _run_pod_reporting(self, context: Any) -> None:
+        """Run the pod; its failure is reported by the node once collected."""
+        try:
+            self.run_pod(context)
+        except AirflowException as exc:
+            # The runtime exits 1 when the function fails, after writing the
+            # result.json the node reads; the node's error says more.
+            logger.warning(
+                "task pod failed task=%s node=%s error=%s",
+                self.task_key,
+                self.worker,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+
+    def _patiently(self, call: Callable[[], _T]) -> _T:
+        """``call()``, retried while the node cannot be reached (for a minute)."""
+        since = time.monotonic()
+        while True:
+            try:
+                return call()
+            except NodeRequestError as exc:
+                if exc.status != 0:
+                    raise
+                if time.monotonic() - since > _UNREACHABLE_AFTER:
+                    raise AirflowException(
+                        f"node {self.worker} unreachable for task {self.task_key}: "
+                        f"{exc.detail}"
+                    ) from exc
+                logger.warning(
+                    "node unreachable task=%s node=%s", self.task_key, self.worker
+                )
+                time.sleep(min(5.0, self.poll_interval * 4))
+
+    def _result(self, task: Mapping[str, Any]) -> dict[str, Any]:
+        status = str(task.get("status"))
+        if status != "done":
+            lines = str(task.get("error") or "no error reported").splitlines()
+            raise AirflowFailException(
+                f"task {self.task_key} {status} on node {self.worker}: "
+                f"{lines[0] if lines else ''}"
+            )
+        result: dict[str, Any] = task_result(
+            {**task, "task_key": self.task_key, "worker": self.worker}
+        )
+        logger.info(
+            "task done task=%s node=%s outputs=%d",
+            self.task_key,
+            self.worker,
+            len(result["outputs"]),
+        )
+        return result

@@ -132,7 +132,7 @@ class MetricTable:
 def task_status(
     key: str, run: PlanRun | None, node_tasks: Mapping[str, NodeTask]
 ) -> str:
-    """waiting, executing, done, failed or canceled.
+    """waiting, executing, prepared (for a pod), done, failed or canceled.
 
     The node's word wins: it runs the task. Airflow's state stands in for
     tasks that never reached their node.

@@ -8,8 +8,9 @@ growing pause; what is still queued when the process exits is flushed for a
 few seconds and then dropped with a warning (the queue lives in memory).
 
 :func:`register_plan` is the synchronous path: the creator of a compute plan
-signs a ``plan_registered`` entry with the spec's hash and waits until the log
-holds it, before the plan goes to the orchestrator.
+signs a ``plan_registered`` entry with the spec's hash and the root of its
+task tree (``airfed.sdk._membership``) and waits until the log holds it,
+before the plan goes to the orchestrator.
 
 Nothing here imports gRPC until a statement is actually sent, so code that
 Airflow imports in every task process stays light.
@@ -264,7 +265,13 @@ class _Unavailable(AirfedError):  # type: ignore[misc,unused-ignore]
 
 
 def plan_statement(spec: PlanSpec) -> Statement:
-    """The ``plan_registered`` statement of a compiled plan."""
+    """The ``plan_registered`` statement of a compiled plan.
+
+    Besides the spec's hash it records the root of the plan's task tree and
+    the task count: a node runs a task only with a proof that the task is
+    one of these.
+    """
+    from airfed.sdk._membership import tasks_root
     from airfed.sdk.spec import spec_hash
 
     return Statement(
@@ -272,6 +279,8 @@ def plan_statement(spec: PlanSpec) -> Statement:
         spec.key,
         {
             "spec_hash": spec_hash(spec),
+            "tasks_root": tasks_root(spec),
+            "task_count": len(spec.tasks),
             "creator": spec.creator,
             "name": spec.name[:200],
             "organizations": sorted(
@@ -309,6 +318,7 @@ def register_plan(profile: Path, spec: PlanSpec, *, timeout: float = 30.0) -> in
                 entry.kind is EntryKind.PLAN_REGISTERED
                 and entry.author == organization
                 and entry.body.get("spec_hash") == body["spec_hash"]
+                and entry.body.get("tasks_root") == body["tasks_root"]
             ):
                 return int(index)
         entry = make_entry(

@@ -103,23 +103,30 @@ def derive_seed(*parts: object) -> int:
 
 @dataclass(frozen=True)
 class TrainRules:
-    """What the strategy asks of local training (from task metadata)."""
+    """What the strategy asks of local training (from task metadata).
+
+    ``step_fraction`` scales the algorithm's ``local_steps`` for the task
+    (at least one step); a :class:`NumpyAlgorithm` counts its own steps and
+    ignores it.
+    """
 
     proximal_mu: float = 0.0
     scaffold: bool = False
     privacy: DifferentialPrivacy | None = None
     lane: str = "federated"
+    step_fraction: float = 1.0
 
     def to_metadata(self) -> str:
-        return json.dumps(
-            {
-                "proximal_mu": self.proximal_mu,
-                "scaffold": self.scaffold,
-                "privacy": None if self.privacy is None else self.privacy.to_dict(),
-                "lane": self.lane,
-            },
-            sort_keys=True,
-        )
+        document: dict[str, Any] = {
+            "proximal_mu": self.proximal_mu,
+            "scaffold": self.scaffold,
+            "privacy": None if self.privacy is None else self.privacy.to_dict(),
+            "lane": self.lane,
+        }
+        # Written only when set: plans that keep the default keep their keys.
+        if self.step_fraction != 1.0:
+            document["step_fraction"] = self.step_fraction
+        return json.dumps(document, sort_keys=True)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, str]) -> TrainRules:
@@ -133,6 +140,7 @@ class TrainRules:
             scaffold=bool(data.get("scaffold", False)),
             privacy=None if privacy is None else DifferentialPrivacy.from_dict(privacy),
             lane=str(data.get("lane", "federated")),
+            step_fraction=float(data.get("step_fraction", 1.0)),
         )
 
 
@@ -152,6 +160,11 @@ class LocalTraining:
     round_seed: int
     proximal_mu: float = 0.0
     correction: Arrays | None = None
+    step_fraction: float = 1.0
+
+    def steps(self, local_steps: int) -> int:
+        """The algorithm's ``local_steps`` scaled by the strategy's fraction."""
+        return max(1, round(local_steps * self.step_fraction))
 
 
 @dataclass
@@ -333,7 +346,7 @@ class TorchAlgorithm(Algorithm):
             return LocalUpdate(
                 params=_to_arrays(model),
                 local=blob.getvalue(),
-                steps=self.local_steps,
+                steps=training.steps(self.local_steps),
                 learning_rate=_effective_learning_rate(optimizer),
             )
 
@@ -354,7 +367,7 @@ class TorchAlgorithm(Algorithm):
             k: torch.as_tensor(v) for k, v in (training.correction or {}).items()
         }
         model.train()
-        for _ in range(self.local_steps):
+        for _ in range(training.steps(self.local_steps)):
             batch = torch.as_tensor(sampler.next_batch())
             optimizer.zero_grad()
             loss = self.loss(model(x[batch]), y[batch])
@@ -463,7 +476,7 @@ class SklearnAlgorithm(Algorithm):
             estimator.t_ = float(json.loads(local)["t"])
         x = np.asarray(data[0], dtype=np.float64)
         y = np.asarray(data[1])
-        for _ in range(self.local_steps):
+        for _ in range(training.steps(self.local_steps)):
             estimator.partial_fit(x, y, classes=np.asarray(self.classes))
         return LocalUpdate(
             params={
@@ -471,7 +484,7 @@ class SklearnAlgorithm(Algorithm):
                 "intercept": estimator.intercept_.copy(),
             },
             local=json.dumps({"t": float(estimator.t_)}).encode(),
-            steps=self.local_steps,
+            steps=training.steps(self.local_steps),
         )
 
     def predict(self, params: Arrays, data: Any) -> np.ndarray:
@@ -571,6 +584,7 @@ def train_round(
         round_seed=derive_seed(seed, round),
         proximal_mu=rules.proximal_mu,
         correction=correction,
+        step_fraction=rules.step_fraction,
     )
     blob = local.params.get(_LOCAL_BLOB) if local else None
     update = algorithm.fit(

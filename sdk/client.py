@@ -440,10 +440,37 @@ class Client:
         return dict(self.orchestrator().get_plan(plan_key))
 
     def cancel(self, plan_key: str) -> dict[str, Any]:
-        """Stop the plan's DAG run and the node tasks still running."""
+        """Stop the plan's DAG run and the node tasks still running.
+
+        Then every node deletes the plan's transient models it still holds.
+        """
         answer = self.orchestrator().cancel_plan(plan_key)
         logger.info("plan canceled plan=%s", plan_key)
+        self.end_plan_on_nodes(plan_key)
         return dict(answer)
+
+    def end_plan_on_nodes(self, plan_key: str) -> dict[str, list[str]]:
+        """Ask every partner's node to delete the plan's transient models.
+
+        Returns the deleted model keys per organization. A node without tasks
+        of the plan is skipped; a node that cannot be reached is logged and
+        skipped (calling this again later finishes the job).
+        """
+        deleted: dict[str, list[str]] = {}
+        for organization in self.partners:
+            try:
+                answer = self.node(organization).end_plan(plan_key)
+            except NodeRequestError as exc:
+                if exc.status != 404:
+                    logger.warning(
+                        "plan end not recorded plan=%s node=%s status=%s",
+                        plan_key,
+                        organization,
+                        exc.status,
+                    )
+                continue
+            deleted[organization] = list(answer.get("deleted") or [])
+        return deleted
 
     def wait(
         self,

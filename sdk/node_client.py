@@ -10,7 +10,8 @@ raises it with status 0.
 
 Uploads stream from disk and downloads stream to disk: a model is written to
 a temporary file next to its destination, its SHA-256 checked against the
-node's ``X-Airfed-Checksum`` header, then renamed into place.
+node's ``X-Airfed-Checksum`` header, then renamed into place. The sync
+client's download reads the body without httpx (:mod:`airfed.sdk._download`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from typing import IO, Any
 
 import httpx
 
+from airfed.sdk._download import CHECKSUM_HEADER, fetch_model
 from airfed.sdk.errors import NodeRequestError
 from airfed.sdk.network import client_ssl_context, load_network
 from airfed.sdk.spec import TaskSpec
 
 __all__ = ["CHECKSUM_HEADER", "AsyncNodeClient", "NodeClient"]
 
-CHECKSUM_HEADER = "X-Airfed-Checksum"
 _TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
@@ -74,6 +75,12 @@ def _problem_detail(response: httpx.Response) -> str:
     if isinstance(body, dict) and "detail" in body:
         return str(body["detail"])
     return response.text[:500]
+
+
+def _read_timeout(timeout: httpx.Timeout | float) -> float:
+    if isinstance(timeout, httpx.Timeout):
+        return float(timeout.read or _TIMEOUT.read or 60.0)
+    return float(timeout)
 
 
 def _raise_for_problem(response: httpx.Response) -> None:
@@ -206,6 +213,9 @@ class NodeClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._ssl_context = ssl_context
+        self._headers = headers
+        self._read_timeout = _read_timeout(timeout)
         self._http = httpx.Client(
             base_url=self.base_url, verify=ssl_context, headers=headers, timeout=timeout
         )
@@ -315,23 +325,19 @@ class NodeClient:
         return dict(self._json(_Call("GET", f"/models/{key}/metadata")))
 
     def download_model(self, key: str, dest: Path) -> str:
-        """Stream model ``key`` into ``dest``; return its verified SHA-256."""
-        target = _DownloadTarget(dest)
-        try:
-            with self._http.stream("GET", f"/models/{key}") as response:
-                if response.status_code >= 400:
-                    response.read()
-                    _raise_for_problem(response)
-                for chunk in response.iter_raw():
-                    target.write(chunk)
-                expected = response.headers.get(CHECKSUM_HEADER)
-        except httpx.HTTPError as exc:
-            target.discard()
-            raise _transport_error(self.base_url, exc) from exc
-        except BaseException:
-            target.discard()
-            raise
-        return target.commit(key, expected)
+        """Stream model ``key`` into ``dest``; return its verified SHA-256.
+
+        The body bypasses httpx (see :mod:`airfed.sdk._download`): the same
+        certificate and token, one request read into reusable buffers.
+        """
+        return fetch_model(
+            self.base_url,
+            self._ssl_context,
+            self._headers,
+            key,
+            Path(dest),
+            timeout=self._read_timeout,
+        )
 
     def model_accesses(self, key: str) -> list[dict[str, Any]]:
         return list(self._json(_Call("GET", f"/models/{key}/accesses")))
@@ -346,10 +352,22 @@ class NodeClient:
         self,
         task: TaskSpec | Mapping[str, Any],
         plan: Mapping[str, Any] | None = None,
+        *,
+        runner: str | None = None,
     ) -> dict[str, Any]:
-        """Post a task; re-posting the same key returns the existing task."""
-        call = _Call("POST", "/tasks", json_body=_task_body(task, plan))
-        return dict(self._json(call))
+        """Post a task; re-posting the same key returns the existing task.
+
+        ``runner="pod"`` asks the node to prepare the task for a pod (status
+        ``prepared``) instead of running it; :meth:`collect_task` ends it.
+        """
+        body = _task_body(task, plan)
+        if runner is not None:
+            body["runner"] = runner
+        return dict(self._json(_Call("POST", "/tasks", json_body=body)))
+
+    def collect_task(self, key: str) -> dict[str, Any]:
+        """End a task prepared for a pod from what the pod wrote; retry-safe."""
+        return dict(self._json(_Call("POST", f"/tasks/{key}/collect")))
 
     def get_task(self, key: str) -> dict[str, Any]:
         return dict(self._json(_Call("GET", f"/tasks/{key}")))
@@ -362,6 +380,17 @@ class NodeClient:
 
     def task_logs(self, key: str) -> str:
         return self._send(_Call("GET", f"/tasks/{key}/logs")).text
+
+    def release_task_outputs(self, task_key: str, consumer: str) -> dict[str, Any]:
+        """Tell the node of ``task_key`` that task ``consumer`` has finished."""
+        call = _Call(
+            "POST", f"/tasks/{task_key}/release", json_body={"consumer": consumer}
+        )
+        return dict(self._json(call))
+
+    def end_plan(self, plan_key: str) -> dict[str, Any]:
+        """The plan ended or was canceled: the node deletes its transient models."""
+        return dict(self._json(_Call("POST", f"/plans/{plan_key}/end")))
 
 
 class AsyncNodeClient:
@@ -514,3 +543,15 @@ class AsyncNodeClient:
 
     async def task_logs(self, key: str) -> str:
         return (await self._send(_Call("GET", f"/tasks/{key}/logs"))).text
+
+    async def release_task_outputs(
+        self, task_key: str, consumer: str
+    ) -> dict[str, Any]:
+        call = _Call(
+            "POST", f"/tasks/{task_key}/release", json_body={"consumer": consumer}
+        )
+        return dict(await self._json(call))
+
+    async def end_plan(self, plan_key: str) -> dict[str, Any]:
+        """The plan ended or was canceled: the node deletes its transient models."""
+        return dict(await self._json(_Call("POST", f"/plans/{plan_key}/end")))

@@ -199,7 +199,12 @@ class ComputePlanBuilder:
     ) -> PlanSpec:
         order = sorted(self._tasks.values(), key=lambda t: ranks[t.key])
         task_specs = tuple(
-            _task_spec(task, self.key, ranks[task.key], outputs[task.key])
+            _task_spec(
+                task,
+                self.key,
+                ranks[task.key],
+                _with_consumers(task, self._tasks, outputs[task.key]),
+            )
             for task in order
         )
         rounds = self.rounds
@@ -246,6 +251,30 @@ class ComputePlanBuilder:
                 metadata=task.metadata,
             )
         return builder
+
+
+def _with_consumers(
+    task: _Task, tasks: Mapping[str, _Task], outputs: dict[str, OutputSpec]
+) -> dict[str, OutputSpec]:
+    """Name, in each transient output, the child tasks that take it as input.
+
+    The producing node deletes a transient model once each of them has
+    finished, so it must know them all when it stores the model.
+    """
+    named: dict[str, OutputSpec] = {}
+    for identifier, output in outputs.items():
+        consumers: tuple[str, ...] = ()
+        if output.transient:
+            consumers = tuple(
+                child
+                for child in task.children
+                if any(
+                    ref.parent_task_key == task.key and ref.parent_output == identifier
+                    for ref in tasks[child].inputs
+                )
+            )
+        named[identifier] = output.model_copy(update={"consumers": consumers})
+    return named
 
 
 def _task_spec(

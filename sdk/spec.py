@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from airfed.sdk.errors import SpecError
 
@@ -92,6 +99,25 @@ class OutputSpec(_Model):
         default=False,
         description="Delete the output once every child task that uses it is done.",
     )
+    consumers: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Keys of the tasks that take this output as an input; compile fills "
+            "it for a transient output, whose node deletes the model once each "
+            "of them has finished."
+        ),
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_consumers(
+        self, handler: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        # A spec without consumers serializes as before they existed, so the
+        # hash that the ledger recorded for it stays the same.
+        data: dict[str, Any] = handler(self)
+        if not data.get("consumers"):
+            data.pop("consumers", None)
+        return data
 
 
 class TaskSpec(_Model):

@@ -701,6 +701,16 @@ class Krum(FedAvg):
     byzantine: int = 0
     selected: int = 1
 
+    def _check(self, plan: PlanContext) -> None:
+        # Refused here rather than by the first aggregate task, mid-plan.
+        count, needed = len(plan.organizations), 2 * self.byzantine + 3
+        if 1 < count < needed:
+            raise PlanError(
+                f"Krum with {self.byzantine} byzantine organizations needs at "
+                f"least {needed} organizations, the federation has {count}; add "
+                "organizations or lower byzantine"
+            )
+
     def aggregate(
         self,
         updates: Sequence[ModelState],

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from airfed.sdk._membership import tasks_root, verify_task
 from airfed.sdk.orchestrator import dag_id_for, task_id_for
-from airfed.sdk.spec import PlanSpec
+from airfed.sdk.spec import PlanSpec, spec_hash
 from tests.support.airflow import REPO_ROOT, fedavg_spec
 
 DAGS = REPO_ROOT / "dags"
@@ -73,6 +74,25 @@ def test_tasks_depend_on_the_parents_whose_outputs_they_take(plans: Path) -> Non
         assert operator.upstream_task_ids == expected
         assert operator.task_spec == task.model_dump(mode="json")
         assert operator.wait_on_worker == 5.0
+
+
+def test_each_task_carries_the_proof_that_it_belongs_to_its_plan(
+    plans: Path,
+) -> None:
+    spec = fedavg_spec(("a", "b", "c"), rounds=2)
+    _store(plans, spec)
+    dag = _bag().dags[dag_id_for(spec.key)]
+
+    for index, task in enumerate(spec.tasks):
+        plan = dag.get_task(task_id_for(task)).plan
+        assert plan["key"] == spec.key
+        assert plan["spec_hash"] == spec_hash(spec)
+        assert plan["tasks_root"] == tasks_root(spec)
+        assert plan["task_count"] == len(spec.tasks)
+        assert plan["task_index"] == index
+        assert verify_task(
+            task, index, len(spec.tasks), plan["task_proof"], plan["tasks_root"]
+        )
 
 
 def test_unreadable_spec_is_an_import_error_naming_plan_and_field(
@@ -179,3 +199,15 @@ def test_a_thousand_task_plan_becomes_one_dag(plans: Path) -> None:
     dag = _bag().dags[dag_id_for(spec.key)]
 
     assert len(dag.tasks) == len(spec.tasks)
+
+
+def test_the_end_of_a_run_ends_the_plan_on_its_nodes(plans: Path) -> None:
+    from airfed.operators._plan_end import end_plan_on_nodes
+
+    spec = fedavg_spec(("a", "b"), rounds=1)
+    _store(plans, spec)
+    dag = _bag().dags[dag_id_for(spec.key)]
+
+    for callbacks in (dag.on_success_callback, dag.on_failure_callback):
+        listed = callbacks if isinstance(callbacks, list) else [callbacks]
+        assert end_plan_on_nodes in listed

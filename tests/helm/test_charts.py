@@ -341,3 +341,33 @@ def test_dockerfile_runs_airfed_as_a_non_root_user() -> None:
     airflow_values = yaml.safe_load(AIRFLOW_VALUES.read_text())
     dags_folder = airflow_values["config"]["core"]["dags_folder"]
     assert f"AIRFLOW__CORE__DAGS_FOLDER={dags_folder}" in "".join(lines)
+
+
+def test_node_storage_is_where_task_pods_look_for_their_workdir() -> None:
+    """The node prepares a pod's task in its storage; the pod mounts that folder."""
+    import inspect
+
+    from tests.support.airflow import use_test_airflow_home
+
+    use_test_airflow_home()
+    from airfed.operators._pod import RUN_AS, STORAGE_SUB_PATH, NodeTaskPodOperator
+
+    objects = render(NODE_CHART, {}, name="airfed-node")
+    (deployment,) = of_kind(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    store = next(m for m in container["volumeMounts"] if m["name"] == "store")
+    (config_map,) = [
+        o for o in of_kind(objects, "ConfigMap") if "node.yaml" in o["data"]
+    ]
+    node_yaml = yaml.safe_load(config_map["data"]["node.yaml"])
+    claim = next(v for v in pod["volumes"] if v["name"] == "store")
+
+    assert node_yaml["storage_dir"] == f"{store['mountPath']}/{STORAGE_SUB_PATH}"
+    assert "subPath" not in store
+    defaults = inspect.signature(NodeTaskPodOperator.__init__).parameters
+    assert (
+        claim["persistentVolumeClaim"]["claimName"] == defaults["storage_claim"].default
+    )
+    assert pod["securityContext"]["runAsUser"] == RUN_AS
+    assert pod["securityContext"]["fsGroup"] == RUN_AS

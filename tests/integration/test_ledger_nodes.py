@@ -12,6 +12,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from airfed.ledger.entries import Entry, EntryKind, parse_entry, verify_entry
 from airfed.ledger.evidence import verify_plan_recorded
 from airfed.ledger.server import LedgerServer, serve_log
 from airfed.sdk._ledger import register_plan
+from airfed.sdk._membership import TaskTree
 from airfed.sdk.network import Network, client_ssl_context, init_network
 from airfed.sdk.node_client import NodeClient
 from airfed.sdk.spec import PlanSpec, TaskSpec, spec_hash
@@ -60,8 +62,12 @@ class Stack:
             verify_entry(entry, keys)
         return [e for e in found if e.kind is kind]
 
-    def run_task(self, task: TaskSpec, spec: PlanSpec) -> dict[str, Any]:
-        plan = {"key": spec.key, "name": spec.name, "creator": spec.creator}
+    def run_task(
+        self, task: TaskSpec, spec: PlanSpec, plan: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Post ``task`` as the orchestrator does (``plan`` replaces its plan)."""
+        if plan is None:
+            plan = task_plan(spec, spec.tasks.index(task))
         with self.node(task.worker) as node:
             node.submit_task(task.model_dump(mode="json"), plan)
 
@@ -70,6 +76,21 @@ class Stack:
                 return status if status["status"] in {"done", "failed"} else None
 
             return wait_for(f"task {task.key} ending", ended, timeout=120)
+
+
+def task_plan(spec: PlanSpec, index: int) -> dict[str, Any]:
+    """The ``plan`` the DAG factory gives the task at ``index`` of ``spec``."""
+    tree = TaskTree(spec)
+    return {
+        "key": spec.key,
+        "name": spec.name,
+        "creator": spec.creator,
+        "spec_hash": spec_hash(spec),
+        "tasks_root": tree.root,
+        "task_count": tree.count,
+        "task_index": index,
+        "task_proof": tree.proof(index),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +191,141 @@ def test_task_of_a_registered_plan_runs_and_its_status_is_logged(
     assert accesses[0].body["accessor"] == "c"
     assert accesses[0].body["purpose"] == recorded[-1]["purpose"]
     assert accesses[0].body["checksum"] == status["outputs"]["model"]["checksum"]
+
+
+def test_the_registration_records_the_task_tree_once(stack: Stack) -> None:
+    spec = stack.federation.plan(rounds=1)
+
+    first = register_plan(stack.network.root / "a", spec)
+    again = register_plan(stack.network.root / "a", spec)
+
+    (entry,) = stack.entries(spec.key, EntryKind.PLAN_REGISTERED)
+    assert again == first
+    assert entry.body["spec_hash"] == spec_hash(spec)
+    assert entry.body["tasks_root"] == TaskTree(spec).root
+    assert entry.body["task_count"] == len(spec.tasks)
+
+
+def _refusal(status: dict[str, Any], task: TaskSpec, spec: PlanSpec) -> str:
+    assert status["status"] == "failed", status
+    error = str(status["error"])
+    assert (
+        f"task {task.key} is not part of the plan {spec.key} registered on the ledger"
+        in error
+    ), error
+    return error
+
+
+def test_only_tasks_of_the_registered_spec_run_under_its_plan_key(
+    stack: Stack,
+) -> None:
+    spec = stack.federation.plan(rounds=1)
+    index, train = next((i, t) for i, t in enumerate(spec.tasks) if t.worker == "b")
+    register_plan(stack.network.root / "a", spec)
+    # The plan's entry is proven (and kept) with a task of the plan first.
+    assert stack.run_task(train, spec)["status"] == "done"
+    plan = task_plan(spec, index)
+
+    changed_function = train.model_copy(
+        update={"key": str(uuid.uuid4()), "function_key": spec.tasks[-1].function_key}
+    )
+    made_up = train.model_copy(update={"key": str(uuid.uuid4())})
+    other_index = next(i for i in range(len(spec.tasks)) if i != index)
+    moved = train.model_copy(update={"key": str(uuid.uuid4())})
+
+    errors = [
+        _refusal(stack.run_task(changed_function, spec, plan), changed_function, spec),
+        _refusal(stack.run_task(made_up, spec, plan), made_up, spec),
+        # A proof for another place in the plan does not prove this task.
+        _refusal(
+            stack.run_task(moved, spec, task_plan(spec, other_index)), moved, spec
+        ),
+    ]
+
+    assert all("does not lead to the plan's task tree" in e for e in errors)
+
+
+def test_a_task_tree_other_than_the_registered_one_is_refused(stack: Stack) -> None:
+    spec = stack.federation.plan(rounds=1)
+    train = next(t for t in spec.tasks if t.worker == "b")
+    register_plan(stack.network.root / "a", spec)
+    made_up = train.model_copy(update={"key": str(uuid.uuid4())})
+    # A tree of the registered tasks plus one: the proof holds in it, but the
+    # ledger records the tree of the registered spec.
+    forged = spec.model_copy(update={"tasks": (*spec.tasks, made_up)})
+    plan = {**task_plan(forged, len(spec.tasks)), "spec_hash": spec_hash(spec)}
+
+    error = _refusal(stack.run_task(made_up, spec, plan), made_up, spec)
+
+    assert "records another spec hash or task tree" in error
+
+
+def test_a_task_without_its_proof_is_refused(stack: Stack) -> None:
+    spec = stack.federation.plan(rounds=1)
+    train = next(t for t in spec.tasks if t.worker == "b")
+    register_plan(stack.network.root / "a", spec)
+    plan = {"key": spec.key, "name": spec.name, "creator": spec.creator}
+
+    status = stack.run_task(train, spec, plan)
+
+    assert status["status"] == "failed"
+    assert (
+        f"task {train.key} is not shown to be part of the plan {spec.key} "
+        "registered on the ledger" in status["error"]
+    )
+    assert "'spec_hash'" in status["error"]
+
+
+def test_task_prepared_for_a_pod_is_checked_and_logged_like_a_node_task(
+    stack: Stack,
+) -> None:
+    """The pod's command runs here as a subprocess: no cluster in this suite."""
+    unregistered = stack.federation.plan(rounds=1)
+    refused = next(t for t in unregistered.tasks if t.worker == "c")
+    spec = stack.federation.plan(rounds=1)
+    train = next(t for t in spec.tasks if t.worker == "c")
+    register_plan(stack.network.root / "a", spec)
+    refused_plan = task_plan(unregistered, unregistered.tasks.index(refused))
+    plan = task_plan(spec, spec.tasks.index(train))
+
+    with stack.node("c") as node:
+        node.submit_task(refused, refused_plan, runner="pod")
+        node.submit_task(train, plan, runner="pod")
+
+        def settled(key: str) -> dict[str, Any] | None:
+            status = node.get_task(key)
+            return None if status["status"] in {"waiting", "executing"} else status
+
+        not_prepared = wait_for("the refusal", lambda: settled(refused.key), 120)
+        prepared = wait_for("the preparation", lambda: settled(train.key), 120)
+        workdir = stack.nodes["c"].config.storage_dir / "tasks" / train.key
+        run = subprocess.run(
+            [sys.executable, "-m", "airfed.node_api.runtime", str(workdir)],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        status = node.collect_task(train.key)
+
+    assert not_prepared["status"] == "failed"
+    assert "is not recorded on the ledger" in not_prepared["error"]
+    assert prepared["status"] == "prepared", prepared["error"]
+    assert run.returncode == 0, run.stderr
+    assert status["status"] == "done", status["error"]
+
+    def statuses() -> list[Entry] | None:
+        entries = stack.entries(train.key, EntryKind.TASK_STATUS)
+        return entries if entries and entries[-1].body["status"] == "done" else None
+
+    logged = wait_for("the task's done entry", statuses)
+    assert [e.body["status"] for e in logged] == [
+        "waiting",
+        "executing",
+        "prepared",
+        "done",
+    ]
+    assert {e.author for e in logged} == {"c"}
+    assert logged[-1].body["receipt"] == status["receipt"]
 
 
 def test_ledger_verifies_after_the_runs(stack: Stack) -> None:

@@ -1,4 +1,7 @@
-"""Bad input gets a clear problem and leaves no half-registered asset."""
+"""Bad input gets a clear problem and leaves no half-registered asset.
+
+Every test runs against a node on SQLite and against one on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from tests.node_api.conftest import (
     write_opener,
 )
 from tests.support.nodes import RunningNode, start_node
+from tests.support.postgres import temporary_database
 
 MAX_UPLOAD = 1024 * 1024
 MAX_FILES = 20
@@ -34,8 +38,25 @@ MAX_BYTES = 256 * 1024
 TABLES = ("datasets", "data_samples", "functions", "models", "tasks")
 
 
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def node_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The node's database: SQLite, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('bad-input-db') / 'node.sqlite'}"
+        return
+    with temporary_database() as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def module_network(tmp_path_factory: pytest.TempPathFactory) -> Network:
+def module_network(
+    tmp_path_factory: pytest.TempPathFactory, node_database_url: str
+) -> Network:
     from airfed.sdk.network import init_network
     from tests.support.ports import free_port_block
 
@@ -44,7 +65,7 @@ def module_network(tmp_path_factory: pytest.TempPathFactory) -> Network:
 
 
 @pytest.fixture(scope="module")
-def node(module_network: Network) -> Iterator[RunningNode]:
+def node(module_network: Network, node_database_url: str) -> Iterator[RunningNode]:
     config = write_node_options(
         module_network,
         "a",
@@ -52,7 +73,7 @@ def node(module_network: Network) -> Iterator[RunningNode]:
         archive_max_files=MAX_FILES,
         archive_max_bytes=MAX_BYTES,
     )
-    with start_node(config) as running:
+    with start_node(config, node_database_url) as running:
         yield running
 
 
@@ -71,8 +92,8 @@ def dataset_key(
         return str(c.create_dataset({"name": "d"}, write_opener(tmp))["key"])
 
 
-def _state(node: RunningNode) -> dict[str, Any]:
-    engine = create_engine(node.config.database_url)
+def _state(node: RunningNode, database_url: str) -> dict[str, Any]:
+    engine = create_engine(database_url)
     with engine.connect() as conn:
         rows = {
             t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar()  # noqa: S608 (fixed names)
@@ -86,11 +107,13 @@ def _state(node: RunningNode) -> dict[str, Any]:
 
 
 @pytest.fixture
-def unchanged(node: RunningNode, dataset_key: str) -> Iterator[None]:
+def unchanged(
+    node: RunningNode, node_database_url: str, dataset_key: str
+) -> Iterator[None]:
     """The test's bad requests must leave the database and the store as they were."""
-    before = _state(node)
+    before = _state(node, node_database_url)
     yield
-    after = _state(node)
+    after = _state(node, node_database_url)
     assert after == before
     assert after["tmp"] == []
 
@@ -264,13 +287,13 @@ def test_sample_path_that_is_not_an_absolute_folder_is_400(
 
 
 def test_duplicate_keys_are_409(
-    client: NodeClient, tmp_path: Path, node: RunningNode
+    client: NodeClient, tmp_path: Path, node: RunningNode, node_database_url: str
 ) -> None:
     key = str(uuid.uuid4())
     client.create_dataset({"name": "first", "key": key}, write_opener(tmp_path))
     metadata = {"name": "f", "entrypoint": "algo:train", "key": key}
     client.create_function(metadata, function_archive(tmp_path))
-    before = _state(node)
+    before = _state(node, node_database_url)
 
     assert key in _problem(
         lambda: client.create_dataset(
@@ -281,7 +304,7 @@ def test_duplicate_keys_are_409(
     assert key in _problem(
         lambda: client.create_function(metadata, function_archive(tmp_path)), 409
     )
-    assert _state(node) == before
+    assert _state(node, node_database_url) == before
     assert client.get_dataset(key)["name"] == "first"
 
 
@@ -346,3 +369,10 @@ def test_unknown_routes_and_methods_answer_problems(client: NodeClient) -> None:
         assert response.headers["content-type"] == "application/problem+json"
     assert _problem(lambda: client.get_dataset(str(uuid.uuid4())), 404)
     assert _problem(lambda: client.get_task("nope"), 404)
+
+
+def test_the_node_runs_on_the_database_of_the_parameter(
+    client: NodeClient, node_database_url: str
+) -> None:
+    expected = "postgresql" if node_database_url.startswith("postgresql") else "sqlite"
+    assert client.health()["database"] == expected

@@ -194,3 +194,35 @@ def test_put_file_reads_the_file_in_chunks(tmp_path: Path, size: int) -> None:
     assert stored.size == size
     assert stored.checksum == hashlib.sha256(source.read_bytes()).hexdigest()
     assert b"".join(store.read(stored.object_id)) == source.read_bytes()
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 5])
+def test_sealed_values_round_trip_under_a_fresh_data_key(
+    tmp_path: Path, size: int
+) -> None:
+    store = _store(tmp_path)
+    data = os.urandom(size)
+
+    first, second = store.seal(data), store.seal(data)
+
+    assert first != second
+    assert store.unseal(first) == store.unseal(second) == data
+
+
+def test_sealed_value_refuses_tampering_truncation_and_another_key(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    sealed = store.seal(b"secret log line\n" * 200)
+    flipped = bytearray(sealed)
+    flipped[-20] ^= 1
+    (tmp_path / "other").mkdir()
+    other = _store(tmp_path / "other")
+
+    # 3200 bytes: three full chunks and a final one of 128 bytes (+16 tag).
+    without_final_chunk = sealed[: -(128 + 16)]
+    for broken in (bytes(flipped), without_final_chunk, sealed[:-1]):
+        with pytest.raises(DecryptionFailed):
+            store.unseal(broken)
+    with pytest.raises(DecryptionFailed, match="another master key"):
+        other.unseal(sealed)

@@ -12,6 +12,7 @@ import pytest
 from airfed.sdk.algorithms import (
     CONTROL,
     CONTROL_DELTA,
+    TRAIN_RULES_KEY,
     Algorithm,
     AlgorithmError,
     BatchSampler,
@@ -250,3 +251,34 @@ def test_scaffold_and_fedprox_leave_buffers_alone(data: Any) -> None:
     )
     assert int(out.params["0.num_batches_tracked"]) == algorithm.local_steps
     assert "0.running_mean" in local.groups["client_control"]
+
+
+def test_step_fraction_scales_the_local_steps_and_keeps_the_batch_order(
+    data: Any,
+) -> None:
+    algorithm = WithBatchNorm()
+    shared = ModelState(algorithm.initial_params())
+    rules = TrainRules(step_fraction=2.5)
+    assert TrainRules.from_metadata({TRAIN_RULES_KEY: rules.to_metadata()}) == rules
+    assert "step_fraction" not in TrainRules().to_metadata()
+
+    longer, _ = train_round(
+        algorithm, shared, None, data, rules, organization="a", round=1
+    )
+    # Two rounds of the plain budget and one half as long make the same steps.
+    state = shared
+    local = None
+    for fraction in (1.0, 1.0, 0.5):
+        state, local = train_round(
+            algorithm,
+            ModelState(state.params),
+            local,
+            data,
+            TrainRules(step_fraction=fraction),
+            organization="a",
+            round=1,
+        )
+    steps = int(longer.params["0.num_batches_tracked"])
+    assert steps == round(2.5 * algorithm.local_steps)
+    for name, value in longer.params.items():
+        np.testing.assert_array_equal(value, state.params[name], err_msg=name)

@@ -315,3 +315,40 @@ def test_failed_task_shows_its_log(world: World) -> None:
     log = world.a.task_logs(task)
     assert "the function broke on purpose" in log
     assert world.a.task_logs(task, worker="b") == log
+
+
+def test_plan_end_deletes_transient_models_on_every_node(world: World) -> None:
+    from airfed.sdk.spec import OutputSpec
+
+    builder = world.a.plan("transient until the end")
+    train_a = builder.add_task(
+        world.functions["train"],
+        "a",
+        category="train",
+        round=1,
+        inputs=_data(world, "a"),
+        outputs={
+            "model": OutputSpec(
+                permissions=Permissions(process=Permission(authorized_ids=("a", "b"))),
+                transient=True,
+            )
+        },
+    )
+    test_b = builder.add_task(
+        world.functions["test"],
+        "b",
+        category="test",
+        round=1,
+        inputs=[*_data(world, "b"), parent_input("model", train_a, "model")],
+    )
+    spec = world.a.compile(builder)
+    (train_spec,) = [t for t in spec.tasks if t.key == train_a]
+    assert train_spec.outputs["model"].consumers == (test_b,)
+    _run_on_nodes(world.a, spec)
+    (model,) = world.a.node("a").list_models(plan_key=spec.key)
+
+    deleted = world.a.end_plan_on_nodes(spec.key)
+
+    assert deleted == {"a": [model["key"]], "b": []}
+    assert world.a.node("a").get_model_metadata(model["key"])["deleted_at"]
+    assert world.a.end_plan_on_nodes(spec.key) == {"a": [], "b": []}

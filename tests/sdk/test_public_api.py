@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 
 import airfed.sdk
@@ -22,7 +24,23 @@ def test_every_public_name_is_exported() -> None:
         for name, value in vars(airfed.sdk).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
-    assert public | {"Client"} == set(airfed.sdk.__all__)
+    lazy = set(airfed.sdk._LAZY)
+    assert public | lazy == set(airfed.sdk.__all__)
+    assert not public & lazy
+
+
+def test_the_task_runtime_does_not_import_the_whole_sdk() -> None:
+    # A task's process on a node imports the runtime and the task context
+    # only; pydantic and the plan builder would cost every task half a second.
+    probe = (
+        "import sys, airfed.node_api.runtime, airfed.sdk.function;"
+        "print(sorted(m for m in ('pydantic', 'airfed.sdk.plan') if m in sys.modules))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+
+    assert output.strip() == "[]"
 
 
 def test_client_loads_on_first_use() -> None:

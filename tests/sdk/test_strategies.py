@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -174,6 +175,16 @@ def test_krum_keeps_the_update_closest_to_its_neighbours() -> None:
     np.testing.assert_allclose(multi.params["w"], [0.025])
     with pytest.raises(AggregationError, match="at least 5"):
         Krum(byzantine=1).aggregate(updates[:4], None, None)
+
+
+def test_krum_refuses_a_plan_with_too_few_organizations() -> None:
+    three = federation()
+    assert Krum().build_plan(three, rounds=1).tasks
+    with pytest.raises(PlanError, match="at least 5 organizations"):
+        Krum(byzantine=1).build_plan(three, rounds=1)
+    two = dataclasses.replace(three, organizations=three.organizations[:2])
+    with pytest.raises(PlanError, match="at least 3 organizations"):
+        Krum().build_plan(two, rounds=1)
 
 
 @pytest.mark.parametrize("strategy", [Cyclic(), RandomWalk(), SingleOrganization()])
@@ -470,3 +481,24 @@ def test_a_user_strategy_builds_plans_from_the_base_class() -> None:
     rebuilt = strategy_from_config(aggregate.metadata[STRATEGY_KEY])
     model, _ = rebuilt.aggregate([state(1, w=[1.0]), state(1, w=[3.0])], None, None)
     np.testing.assert_allclose(model.params["w"], [4.0])
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedadam", "scaffold"])
+def test_transient_outputs_name_the_tasks_that_consume_them(name: str) -> None:
+    spec = make_strategy(name).build_plan(federation(aggregator="b"), rounds=3)
+    readers: dict[tuple[str, str], list[str]] = {}
+    for task in spec.tasks:
+        for ref in task.inputs:
+            if ref.parent_task_key and ref.parent_output:
+                key = (ref.parent_task_key, ref.parent_output)
+                readers.setdefault(key, []).append(task.key)
+    transient = 0
+    for task in spec.tasks:
+        for identifier, output in task.outputs.items():
+            expected = readers.get((task.key, identifier), [])
+            if output.transient:
+                transient += 1
+                assert sorted(output.consumers) == sorted(set(expected))
+            else:
+                assert output.consumers == ()
+    assert transient > 0
