@@ -42,7 +42,8 @@ from airfed.operators._settings import (
 from airfed.operators._trigger import (
     FINAL_NODE_STATUSES,
     NodeTaskTrigger,
-    node_client_args,
+    cancel_on_node,
+    node_client,
     node_task_event,
     task_result,
 )
@@ -122,8 +123,7 @@ class NodeTaskOperator(BaseOperator):
         )
 
     def _node(self) -> NodeClient:
-        url, ssl_context = node_client_args(self.worker)
-        return NodeClient(url, ssl_context)
+        return node_client(self.worker)
 
     def execute(self, context: Any) -> dict[str, Any]:
         try:
@@ -181,13 +181,4 @@ class NodeTaskOperator(BaseOperator):
         return result
 
     def on_kill(self) -> None:
-        try:
-            with self._node() as node:
-                node.cancel_task(self.task_key)
-        except NodeRequestError as exc:
-            logger.warning(
-                "cancel not delivered task=%s node=%s status=%s",
-                self.task_key,
-                self.worker,
-                exc.status,
-            )
+        cancel_on_node(self.worker, self.task_key)

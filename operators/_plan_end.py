@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from airfed.sdk.errors import AirfedError, NodeRequestError
-from airfed.sdk.node_client import NodeClient
 from airfed.sdk.orchestrator import DAG_ID_PREFIX
 
 __all__ = ["end_plan_on_nodes"]
@@ -36,11 +35,10 @@ def end_plan_on_nodes(context: Mapping[str, Any]) -> None:
 
 
 def _end_on(worker: str, plan_key: str) -> None:
-    from airfed.operators._trigger import node_client_args
+    from airfed.operators._trigger import node_client
 
     try:
-        url, ssl_context = node_client_args(worker)
-        with NodeClient(url, ssl_context) as node:
+        with node_client(worker) as node:
             answer = node.end_plan(plan_key)
     except NodeRequestError as exc:
         if exc.status == 404:

@@ -37,7 +37,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 
 from airfed.operators._settings import node_poll_interval
-from airfed.operators._trigger import node_client_args, task_result
+from airfed.operators._trigger import cancel_on_node, node_client, task_result
 from airfed.sdk.errors import NodeRequestError
 from airfed.sdk.node_client import NodeClient
 from airfed.sdk.orchestrator import task_id_for
@@ -196,20 +196,10 @@ class NodeTaskPodOperator(KubernetesPodOperator):
 
     def on_kill(self) -> None:
         super().on_kill()
-        try:
-            with self._node() as node:
-                node.cancel_task(self.task_key)
-        except NodeRequestError as exc:
-            logger.warning(
-                "cancel not delivered task=%s node=%s status=%s",
-                self.task_key,
-                self.worker,
-                exc.status,
-            )
+        cancel_on_node(self.worker, self.task_key)
 
     def _node(self) -> NodeClient:
-        url, ssl_context = node_client_args(self.worker)
-        return NodeClient(url, ssl_context)
+        return node_client(self.worker)
 
     def _prepare(self, node: NodeClient) -> dict[str, Any]:
         """Have the node prepare the task; wait until it is prepared or ended."""

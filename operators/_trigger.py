@@ -33,11 +33,13 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from airfed.operators._settings import network_folder, orchestrator_profile
 from airfed.sdk.errors import ConfigError, NodeRequestError
 from airfed.sdk.network import Network, client_ssl_context, load_network
-from airfed.sdk.node_client import AsyncNodeClient
+from airfed.sdk.node_client import AsyncNodeClient, NodeClient
 
 __all__ = [
     "FINAL_NODE_STATUSES",
     "NodeTaskTrigger",
+    "cancel_on_node",
+    "node_client",
     "node_client_args",
     "node_task_event",
     "task_result",
@@ -107,6 +109,26 @@ def node_client_args(worker: str) -> tuple[str, ssl.SSLContext]:
         ) from exc
     network = _network(path, modified)
     return network.organization(worker).node_url, _ssl_context(orchestrator_profile())
+
+
+def node_client(worker: str) -> NodeClient:
+    """A client of ``worker``'s node, as the orchestrator."""
+    url, ssl_context = node_client_args(worker)
+    return NodeClient(url, ssl_context)
+
+
+def cancel_on_node(worker: str, task_key: str) -> None:
+    """Ask the node to cancel the task; a node that cannot be told is logged."""
+    try:
+        with node_client(worker) as node:
+            node.cancel_task(task_key)
+    except NodeRequestError as exc:
+        logger.warning(
+            "cancel not delivered task=%s node=%s status=%s",
+            task_key,
+            worker,
+            exc.status,
+        )
 
 
 def _event(task_key: str, worker: str, status: str, **fields: Any) -> TriggerEvent:
