@@ -108,6 +108,63 @@ def _critical_node_seconds(spec: PlanSpec, tasks: dict[str, dict[str, Any]]) -> 
     return sum(by_level.values())
 
 
+_PHASES = (
+    ("scheduler", "a parent's end to this task scheduled"),
+    ("queue", "scheduled to queued"),
+    ("worker_start", "queued to running on a worker"),
+    ("post", "running to the node's POST /tasks"),
+    ("node_claim", "stored on the node to claimed by its dispatcher"),
+    ("node_run", "staged, executed, stored and signed on the node"),
+    ("finish", "done on the node to done in Airflow"),
+)
+
+
+def _phases(
+    spec: PlanSpec, home: Path, tasks: dict[str, dict[str, Any]]
+) -> dict[str, float]:
+    """Median seconds of each phase of a task's life, from both sides' clocks.
+
+    Airflow's side comes from its metadata database (SQLite), the node's from
+    its task records: together they say where a dependency level's time goes.
+    """
+    import sqlite3
+    import statistics
+
+    from airfed.sdk.orchestrator import dag_id_for, task_id_for
+
+    with contextlib.closing(sqlite3.connect(home / "airflow.db")) as db:
+        rows = db.execute(
+            "SELECT task_id, scheduled_dttm, queued_dttm, start_date, end_date"
+            " FROM task_instance WHERE dag_id = ?",
+            (dag_id_for(spec.key),),
+        ).fetchall()
+    airflow = {row[0]: [_time(v) if v else None for v in row[1:]] for row in rows}
+    ended = {task.key: airflow[task_id_for(task)][3] for task in spec.tasks}
+    samples: dict[str, list[float]] = {name: [] for name, _ in _PHASES}
+    for task in spec.tasks:
+        scheduled, queued, started, finished = airflow[task_id_for(task)]
+        node = tasks[task.key]
+        parents = [ended[p] for p in task.parent_keys if ended.get(p)]
+        marks = [
+            max(parents) if parents else None,
+            scheduled,
+            queued,
+            started,
+            _time(node["created_at"]),
+            _time(node["started_at"]),
+            _time(node["ended_at"]),
+            finished,
+        ]
+        for (name, _), begin, end in zip(_PHASES, marks, marks[1:], strict=False):
+            if begin is not None and end is not None:
+                samples[name].append((end - begin).total_seconds())
+    return {
+        name: round(statistics.median(values), 3)
+        for name, values in samples.items()
+        if values
+    }
+
+
 def _run_on_airflow(
     federation: Federation,
     spec: PlanSpec,
@@ -132,6 +189,7 @@ def _run_on_airflow(
     tasks = _node_tasks(spec, nodes, network_root)
     first_start = min(_time(t["started_at"]) for t in tasks.values())
     return {
+        "median_phase_seconds": _phases(spec, orchestrator.home, tasks),
         "seconds": round(total, 3),
         "submit_call_seconds": round(submit_seconds, 3),
         "submit_to_first_task_running_seconds": round(

@@ -9,10 +9,12 @@ to it that the task is one of the plan registered on the ledger (the spec's
 hash, the root of its task tree, the task's index and inclusion proof).
 
 Parsing stays fast and deterministic: when Airflow parses this file to run
-one task it names the DAG (``get_parsing_context().dag_id``) and only that
-plan's spec is read; the DAG's content depends on the spec alone, so parsing
-again never makes a new DAG version. Nothing here imports torch or the
-Kubernetes provider.
+one task it names the DAG and the task (``get_parsing_context()``), and only
+that plan's spec is read and only that task's operator built (a task process
+needs no other task and no edge; the dag-processor, which names neither,
+builds every plan whole). The DAG's content depends on the spec alone, so
+parsing again never makes a new DAG version. Nothing here imports torch or
+the Kubernetes provider.
 
 A spec that cannot be read gets no DAG and does not stop the other plans:
 ``airfed_plan_errors.py`` reports it as an import error naming the plan and
@@ -34,7 +36,7 @@ from airfed.operators._settings import (
     wait_on_worker_seconds,
 )
 from airfed.sdk._membership import TaskTree
-from airfed.sdk.orchestrator import dag_id_for
+from airfed.sdk.orchestrator import dag_id_for, task_id_for
 from airfed.sdk.spec import PlanSpec
 
 __all__ = ["build_plan_dag", "plan_doc"]
@@ -66,8 +68,16 @@ def plan_doc(spec: PlanSpec) -> str:
     )
 
 
-def build_plan_dag(spec: PlanSpec) -> DAG:
-    """One DAG for the plan: a node task per task, edges from parents."""
+def build_plan_dag(spec: PlanSpec, only_task_id: str | None = None) -> DAG:
+    """One DAG for the plan: a node task per task, edges from parents.
+
+    With ``only_task_id`` (a task process's parse) the DAG holds just that
+    task, when the plan has it, and no edges.
+    """
+    tasks = list(enumerate(spec.tasks))
+    if only_task_id is not None:
+        chosen = [(i, t) for i, t in tasks if task_id_for(t) == only_task_id]
+        tasks = chosen or tasks
     tree = TaskTree(spec)
     plan = {
         "key": spec.key,
@@ -108,17 +118,21 @@ def build_plan_dag(spec: PlanSpec) -> DAG:
                 finish_in_trigger=finish_in_trigger,
                 wait_on_worker=wait,
             )
-            for index, task in enumerate(spec.tasks)
+            for index, task in tasks
         }
-        for task in spec.tasks:
+        for _, task in tasks:
             for parent in task.parent_keys:
-                operators[parent] >> operators[task.key]
+                if parent in operators:
+                    operators[parent] >> operators[task.key]
     return dag
 
 
 def _build_all() -> dict[str, DAG]:
-    stored = read_specs(get_parsing_context().dag_id)
-    return {dag.dag_id: dag for dag in map(build_plan_dag, stored.specs)}
+    context = get_parsing_context()
+    stored = read_specs(context.dag_id)
+    only = context.task_id if context.dag_id is not None else None
+    dags = [build_plan_dag(spec, only) for spec in stored.specs]
+    return {dag.dag_id: dag for dag in dags}
 
 
 for _dag_id, _dag in _build_all().items():

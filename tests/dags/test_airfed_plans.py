@@ -24,6 +24,7 @@ def plans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.setenv("AIRFLOW__AIRFED__PLANS_FOLDER", str(folder))
     monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", raising=False)
+    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", raising=False)
     return folder
 
 
@@ -150,6 +151,44 @@ def test_task_run_builds_only_its_own_dag(
 
     assert bag.dag_ids == [dag_id_for(wanted.key)]
     assert bag.import_errors == {}
+
+
+def test_task_run_builds_only_its_own_task_with_its_proof(
+    plans: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = fedavg_spec(("a", "b", "c"), rounds=2)
+    _store(plans, spec)
+    index = len(spec.tasks) - 2
+    task = spec.tasks[index]
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", dag_id_for(spec.key))
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", task_id_for(task))
+
+    dag = _bag(DAGS / "airfed_plans.py").dags[dag_id_for(spec.key)]
+
+    assert [t.task_id for t in dag.tasks] == [task_id_for(task)]
+    operator = dag.get_task(task_id_for(task))
+    assert operator.task_spec == task.model_dump(mode="json")
+    plan = operator.plan
+    assert plan["task_index"] == index
+    workers = {t.key: t.worker for t in spec.tasks}
+    assert task.parent_keys
+    assert plan["parents"] == {p: workers[p] for p in task.parent_keys}
+    assert verify_task(
+        task, index, len(spec.tasks), plan["task_proof"], plan["tasks_root"]
+    )
+
+
+def test_a_task_the_plan_lacks_gets_the_whole_dag(
+    plans: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = fedavg_spec(("a", "b"), rounds=1)
+    _store(plans, spec)
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", dag_id_for(spec.key))
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "r9_train_x__unknown")
+
+    dag = _bag(DAGS / "airfed_plans.py").dags[dag_id_for(spec.key)]
+
+    assert len(dag.tasks) == len(spec.tasks)
 
 
 def _serialized(spec_key: str) -> str:
