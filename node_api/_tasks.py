@@ -22,6 +22,8 @@ A task ends *done*, *failed* (the error says why) or *canceled*.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
 import ssl
@@ -51,6 +53,7 @@ from airfed.node_api._db import (
     Task,
     utcnow,
 )
+from airfed.node_api._endings import TaskEndings
 from airfed.node_api._store import AssetStore, permissions_of
 from airfed.node_api._transient import TransientOutputs
 from airfed.node_api.errors import (
@@ -130,6 +133,7 @@ class TaskService:
         self._running = 0
         self._pool: ThreadPoolExecutor | None = None
         self._dispatcher: threading.Thread | None = None
+        self.endings = TaskEndings()
         # Called with the task key before a task is staged; raises to refuse it
         # (the node's ledger checks that the task's plan is recorded).
         self.before_run: Callable[[str], None] | None = None
@@ -201,6 +205,21 @@ class TaskService:
         with self.ctx.db.session() as session:
             return task_out(self._task(session, key))
 
+    async def wait_for_end(self, key: str, seconds: float) -> dict[str, Any]:
+        """Task ``key`` once it has ended, or as it is after ``seconds``.
+
+        Answers early when the node stops. Holds no thread while it waits.
+        """
+        import anyio.to_thread
+
+        with self.endings.watch(key) as ended:
+            task = await anyio.to_thread.run_sync(self.get, key)
+            if task["status"] in _FINAL:
+                return task
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), seconds)
+        return await anyio.to_thread.run_sync(self.get, key)
+
     @staticmethod
     def _task(session: Session, key: str) -> Task:
         row = session.get(Task, key)
@@ -230,6 +249,7 @@ class TaskService:
             elif row.status == EXECUTING:
                 row.cancel_requested = True
         if canceled_now:
+            self.endings.ended(key)
             self.transient.release_parents(key)
         event = self._cancels.get(key)
         if event is not None:
@@ -272,6 +292,7 @@ class TaskService:
 
     def stop(self) -> None:
         self._stop.set()
+        self.endings.close()
         self._wake.set()
         for event in list(self._cancels.values()):
             event.set()
@@ -361,6 +382,7 @@ class TaskService:
             for name, value in values.items():
                 setattr(row, name, value)
         logger.info("task ended task=%s status=%s", key, status)
+        self.endings.ended(key)
         # Consumers may have released this task's outputs before it finished.
         self.transient.collect(key)
         self.transient.release_parents(key)
