@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import pydantic
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,6 +34,7 @@ from airfed.node_api._store import AssetStore
 from airfed.node_api._tasks import TaskService
 from airfed.node_api._upload import receive_multipart
 from airfed.node_api.errors import BadRequest, NodeError
+from airfed.sdk.node_client import TASK_WAIT_LIMIT_SECONDS
 
 __all__ = ["CHECKSUM_HEADER", "create_app"]
 
@@ -121,6 +122,19 @@ def _caller(
 
 
 Who = Annotated[Caller, Depends(_caller)]
+Wait = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=TASK_WAIT_LIMIT_SECONDS,
+        description=(
+            "Seconds to wait for the task to end (done, failed or canceled) "
+            "before answering; the answer comes as soon as it ends, or with "
+            "the task as it is when the wait runs out or the node stops. "
+            "0, the default, answers at once."
+        ),
+    ),
+]
 
 
 class SamplePath(pydantic.BaseModel):
@@ -348,8 +362,11 @@ def _task_routes(app: FastAPI, tasks: TaskService, external: ExternalTasks) -> N
         return list(tasks.list(plan_key))
 
     @app.get("/tasks/{key}")
-    def get_task(key: str, who: Who) -> dict[str, Any]:
-        return dict(tasks.get(key))
+    async def get_task(key: str, who: Who, wait: Wait = 0.0) -> dict[str, Any]:
+        """The task; with ``wait``, once it has ended or the wait runs out."""
+        if wait <= 0:
+            return dict(await _in_thread(tasks.get, key))
+        return dict(await tasks.wait_for_end(key, wait))
 
     @app.post("/tasks/{key}/cancel")
     def cancel_task(key: str, who: Who) -> dict[str, Any]:

@@ -326,8 +326,8 @@ class _PodTaskRun(_TaskRun):
             result = self._result()
             if result.get("status") == DONE:
                 self._check_outputs(staged, result)
-                outputs, performances = self._store_outputs(staged, result)
-                ending: tuple[Any, ...] = (DONE, outputs, performances, "", None)
+                outputs, performances, rows = self._store_outputs(staged, result)
+                ending: tuple[Any, ...] = (DONE, outputs, performances, "", None, rows)
             else:
                 error = str(result.get("error") or "the function failed")
                 ending = (FAILED, {}, {}, f"airfed: {error}\n", error)

@@ -22,6 +22,8 @@ A task ends *done*, *failed* (the error says why) or *canceled*.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
 import ssl
@@ -32,7 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 from sqlalchemy import select, update
@@ -51,6 +53,7 @@ from airfed.node_api._db import (
     Task,
     utcnow,
 )
+from airfed.node_api._endings import TaskEndings
 from airfed.node_api._store import AssetStore, permissions_of
 from airfed.node_api._transient import TransientOutputs
 from airfed.node_api.errors import (
@@ -63,6 +66,9 @@ from airfed.node_api.errors import (
 )
 from airfed.sdk.errors import AirfedError, NodeRequestError
 from airfed.sdk.spec import InputRef, OutputSpec, Permission, TaskSpec
+
+if TYPE_CHECKING:
+    from airfed.sdk.node_client import NodeClient
 
 __all__ = ["TaskService", "task_out"]
 
@@ -130,6 +136,10 @@ class TaskService:
         self._running = 0
         self._pool: ThreadPoolExecutor | None = None
         self._dispatcher: threading.Thread | None = None
+        self.endings = TaskEndings()
+        self._clients_lock = threading.Lock()
+        self._ssl_context: ssl.SSLContext | None = None
+        self._partners: dict[str, NodeClient] = {}
         # Called with the task key before a task is staged; raises to refuse it
         # (the node's ledger checks that the task's plan is recorded).
         self.before_run: Callable[[str], None] | None = None
@@ -201,6 +211,21 @@ class TaskService:
         with self.ctx.db.session() as session:
             return task_out(self._task(session, key))
 
+    async def wait_for_end(self, key: str, seconds: float) -> dict[str, Any]:
+        """Task ``key`` once it has ended, or as it is after ``seconds``.
+
+        Answers early when the node stops. Holds no thread while it waits.
+        """
+        import anyio.to_thread
+
+        with self.endings.watch(key) as ended:
+            task = await anyio.to_thread.run_sync(self.get, key)
+            if task["status"] in _FINAL:
+                return task
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), seconds)
+        return await anyio.to_thread.run_sync(self.get, key)
+
     @staticmethod
     def _task(session: Session, key: str) -> Task:
         row = session.get(Task, key)
@@ -230,6 +255,7 @@ class TaskService:
             elif row.status == EXECUTING:
                 row.cancel_requested = True
         if canceled_now:
+            self.endings.ended(key)
             self.transient.release_parents(key)
         event = self._cancels.get(key)
         if event is not None:
@@ -272,6 +298,7 @@ class TaskService:
 
     def stop(self) -> None:
         self._stop.set()
+        self.endings.close()
         self._wake.set()
         for event in list(self._cancels.values()):
             event.set()
@@ -279,6 +306,10 @@ class TaskService:
             self._dispatcher.join(timeout=10)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._clients_lock:
+            partners, self._partners = list(self._partners.values()), {}
+        for client in partners:
+            client.close()
 
     def _fail_interrupted(self) -> None:
         with self.ctx.db.session() as session:
@@ -348,7 +379,10 @@ class TaskService:
                 self._cancels.pop(key, None)
             self._wake.set()
 
-    def _finish(self, key: str, status: str, **values: Any) -> None:
+    def _finish(
+        self, key: str, status: str, *, rows: tuple[Any, ...] = (), **values: Any
+    ) -> None:
+        """Set the task's final status and ``values``; add ``rows`` with them."""
         if "logs" in values:
             log_text = str(values.pop("logs") or "")
             values["sealed_logs"] = self.ctx.objects.seal(log_text.encode())
@@ -356,11 +390,13 @@ class TaskService:
             row = self._task(session, key)
             if row.status in _FINAL:
                 return
+            session.add_all(rows)
             row.status = status
             row.ended_at = utcnow()
             for name, value in values.items():
                 setattr(row, name, value)
         logger.info("task ended task=%s status=%s", key, status)
+        self.endings.ended(key)
         # Consumers may have released this task's outputs before it finished.
         self.transient.collect(key)
         self.transient.release_parents(key)
@@ -373,13 +409,33 @@ class TaskService:
         return self._cancels.setdefault(key, threading.Event())
 
     def node_ssl_context(self) -> ssl.SSLContext:
-        config = self.ctx.config
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=str(config.ca_file)
-        )
-        context.load_cert_chain(str(config.cert_file), str(config.key_file))
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
+        """The node's TLS identity as a client of other nodes, built once."""
+        with self._clients_lock:
+            if self._ssl_context is None:
+                self._ssl_context = _client_context(self.ctx)
+            return self._ssl_context
+
+    def partner(self, organization: str) -> NodeClient:
+        """A client of ``organization``'s node whose connections stay open."""
+        from airfed.sdk.node_client import NodeClient
+
+        context = self.node_ssl_context()
+        with self._clients_lock:
+            client = self._partners.get(organization)
+            if client is None:
+                url = self.ctx.config.network.organization(organization).node_url
+                client = self._partners[organization] = NodeClient(url, context)
+            return client
+
+
+def _client_context(context: NodeContext) -> ssl.SSLContext:
+    config = context.config
+    client = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(config.ca_file)
+    )
+    client.load_cert_chain(str(config.cert_file), str(config.key_file))
+    client.minimum_version = ssl.TLSVersion.TLSv1_2
+    return client
 
 
 class _TaskRun:
@@ -587,36 +643,32 @@ class _TaskRun:
         return dict(output)
 
     def _fetch_remote(self, staged: _Staged, ref: InputRef, parent_key: str) -> None:
-        from airfed.sdk.node_client import NodeClient
-
-        context = self.service.node_ssl_context()
         for organization in self._parent_candidates(parent_key):
-            url = self.ctx.config.network.organization(organization).node_url
-            with NodeClient(url, context) as client:
-                try:
-                    parent = client.get_task(parent_key)
-                except NodeRequestError as exc:
-                    if exc.status == 404:
-                        continue
-                    raise TaskFailed(
-                        f"node {organization} did not give parent task "
-                        f"{parent_key}: {exc.detail}"
-                    ) from exc
-                output = self._parent_output(
-                    parent_key, parent.get("status"), parent.get("outputs") or {}, ref
-                )
-                relative, target = self._slot(staged, ref.identifier)
-                try:
-                    checksum = client.download_model(str(output["model_key"]), target)
-                except NodeRequestError as exc:
-                    raise TaskFailed(
-                        f"node {organization} refused model {output['model_key']}: "
-                        f"{exc.detail}"
-                    ) from exc
-                if checksum != output.get("checksum"):
-                    raise TaskFailed(f"model {output['model_key']} failed its checksum")
-                staged.input_hashes[relative.removeprefix("inputs/")] = checksum
-                return
+            client = self.service.partner(organization)
+            try:
+                parent = _get_task(client, parent_key)
+            except NodeRequestError as exc:
+                if exc.status == 404:
+                    continue
+                raise TaskFailed(
+                    f"node {organization} did not give parent task "
+                    f"{parent_key}: {exc.detail}"
+                ) from exc
+            output = self._parent_output(
+                parent_key, parent.get("status"), parent.get("outputs") or {}, ref
+            )
+            relative, target = self._slot(staged, ref.identifier)
+            try:
+                checksum = client.download_model(str(output["model_key"]), target)
+            except NodeRequestError as exc:
+                raise TaskFailed(
+                    f"node {organization} refused model {output['model_key']}: "
+                    f"{exc.detail}"
+                ) from exc
+            if checksum != output.get("checksum"):
+                raise TaskFailed(f"model {output['model_key']} failed its checksum")
+            staged.input_hashes[relative.removeprefix("inputs/")] = checksum
+            return
         raise TaskFailed(f"no node of the network knows parent task {parent_key}")
 
     def _parent_candidates(self, parent_key: str) -> list[str]:
@@ -678,12 +730,12 @@ class _TaskRun:
                 staged, FAILED, {}, {}, log_text, str(error or "the function failed")
             )
             return
-        outputs, performances = self._store_outputs(staged, result)
-        self._end(staged, DONE, outputs, performances, log_text, None)
+        outputs, performances, rows = self._store_outputs(staged, result)
+        self._end(staged, DONE, outputs, performances, log_text, None, rows)
 
     def _store_outputs(
         self, staged: _Staged, result: dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, float]]:
+    ) -> tuple[dict[str, Any], dict[str, float], tuple[Any, ...]]:
         outputs: dict[str, Any] = {}
         performances: dict[str, float] = {}
         reported = dict(result.get("performances") or {})
@@ -696,8 +748,7 @@ class _TaskRun:
                     outputs[identifier] = {"kind": "performance", "value": value}
                 continue
             outputs[identifier] = self._store_model(identifier)
-        self._record(outputs, performances)
-        return outputs, performances
+        return outputs, performances, self._rows(outputs, performances)
 
     def _store_model(self, identifier: str) -> dict[str, Any]:
         path = (self.workdir / "outputs" / identifier).resolve()
@@ -716,37 +767,39 @@ class _TaskRun:
             "consumers": list(spec.consumers),
         }
 
-    def _record(self, outputs: dict[str, Any], performances: dict[str, float]) -> None:
-        with self.ctx.db.session() as session:
-            for identifier, output in outputs.items():
-                if output["kind"] != "model":
-                    continue
-                session.add(
-                    Model(
-                        key=output["model_key"],
-                        owner=self.ctx.organization,
-                        plan_key=self.spec.plan_key,
-                        task_key=self.spec.key,
-                        identifier=identifier,
-                        permissions=output.pop("permissions"),
-                        transient=output.pop("transient"),
-                        consumers=output.pop("consumers"),
-                        object_id=output.pop("object_id"),
-                        checksum=output["checksum"],
-                        size=output.pop("size"),
-                    )
-                )
-            for identifier, value in performances.items():
-                session.add(
-                    Performance(
-                        task_key=self.spec.key,
-                        plan_key=self.spec.plan_key,
-                        round=self.spec.round,
-                        worker=self.ctx.organization,
-                        identifier=identifier,
-                        value=value,
-                    )
-                )
+    def _rows(
+        self, outputs: dict[str, Any], performances: dict[str, float]
+    ) -> tuple[Any, ...]:
+        """The models and performances to record with the task's end."""
+        rows: list[Any] = [
+            Model(
+                key=output["model_key"],
+                owner=self.ctx.organization,
+                plan_key=self.spec.plan_key,
+                task_key=self.spec.key,
+                identifier=identifier,
+                permissions=output.pop("permissions"),
+                transient=output.pop("transient"),
+                consumers=output.pop("consumers"),
+                object_id=output.pop("object_id"),
+                checksum=output["checksum"],
+                size=output.pop("size"),
+            )
+            for identifier, output in outputs.items()
+            if output["kind"] == "model"
+        ]
+        rows.extend(
+            Performance(
+                task_key=self.spec.key,
+                plan_key=self.spec.plan_key,
+                round=self.spec.round,
+                worker=self.ctx.organization,
+                identifier=identifier,
+                value=value,
+            )
+            for identifier, value in performances.items()
+        )
+        return tuple(rows)
 
     def _end(
         self,
@@ -756,6 +809,7 @@ class _TaskRun:
         performances: dict[str, float],
         log_text: str,
         error: str | None,
+        rows: tuple[Any, ...] = (),
     ) -> None:
         from airfed.node_api._receipt import sign_receipt
 
@@ -780,7 +834,18 @@ class _TaskRun:
             receipt=receipt,
             logs=log_text,
             error=error,
+            rows=rows,
         )
+
+
+def _get_task(client: NodeClient, key: str) -> dict[str, Any]:
+    """``GET /tasks/{key}``, once more if a kept-alive connection had closed."""
+    try:
+        return client.get_task(key)
+    except NodeRequestError as exc:
+        if exc.status != 0:
+            raise
+    return client.get_task(key)
 
 
 def _rowcount(result: Any) -> int:

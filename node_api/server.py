@@ -2,16 +2,21 @@
 
 The server requires a client certificate signed by the network CA
 (``ssl.CERT_REQUIRED``): a client without one cannot complete the handshake.
-The verified certificate reaches the app through :mod:`._tls`.
+The verified certificate reaches the app through :mod:`._tls`. When the
+server begins to stop, requests that wait for a task to end are answered at
+once, so they do not hold the graceful shutdown open.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from airfed.node_api._app import create_app
 from airfed.node_api._context import NodeContext
@@ -43,6 +48,18 @@ def uvicorn_config(context: NodeContext) -> uvicorn.Config:
     )
 
 
+class _NodeServer(uvicorn.Server):
+    """uvicorn's server; ``on_stop`` runs before open requests are awaited."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_stop = on_stop
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_stop()
+        await super().shutdown(sockets)
+
+
 def serve(config_path: Path) -> None:
     """Run the node of ``config_path`` until it is interrupted."""
     logging.basicConfig(
@@ -57,4 +74,7 @@ def serve(config_path: Path) -> None:
         config.url,
         context.db.engine.dialect.name,
     )
-    uvicorn.Server(uvicorn_config(context)).run()
+    server_config = uvicorn_config(context)
+    app = server_config.app
+    assert isinstance(app, FastAPI)
+    _NodeServer(server_config, app.state.tasks.endings.close).run()

@@ -1,12 +1,13 @@
 """The operator that runs one task of a compute plan on its worker's node.
 
-A task first runs on a worker: :meth:`execute` posts it to the node and polls
-the node for up to ``[airfed] wait_on_worker`` seconds (5 by default). Most
-federated tasks end within that time, and end right there: no trip through
-the triggerer and no second worker start, which costs about two seconds per
-dependency level of a plan. A task still running after the wait defers to
-:class:`NodeTaskTrigger`, which polls the node from the triggerer, so that a
-long task holds a worker slot only for the wait; when the node is done it
+A task first runs on a worker: :meth:`execute` posts it to the node and
+long-polls the node (it answers as soon as the task ends) for up to
+``[airfed] wait_on_worker`` seconds (5 by default). Most federated tasks end
+within that time, and end right there: no trip through the triggerer and no
+second worker start, which costs about two seconds per dependency level of a
+plan. A task still running after the wait defers to :class:`NodeTaskTrigger`,
+which long-polls the node from the triggerer, so that a long task holds a
+worker slot only for the wait; when the node is done it
 resumes on a worker in :meth:`execute_complete`, where listeners see it end.
 Either way the task pushes to XCom only references and hashes: output model
 keys and checksums, performances and the node's signed receipt. Models
@@ -43,12 +44,13 @@ from airfed.operators._trigger import (
     FINAL_NODE_STATUSES,
     NodeTaskTrigger,
     cancel_on_node,
+    cut_short,
     node_client,
     node_task_event,
     task_result,
 )
 from airfed.sdk.errors import NodeRequestError
-from airfed.sdk.node_client import NodeClient
+from airfed.sdk.node_client import TASK_WAIT_LIMIT_SECONDS, NodeClient
 from airfed.sdk.orchestrator import task_id_for
 from airfed.sdk.spec import TaskSpec
 
@@ -145,14 +147,29 @@ class NodeTaskOperator(BaseOperator):
     def _wait_on_worker(
         self, node: NodeClient, node_task: dict[str, Any]
     ) -> dict[str, Any]:
-        """Poll the node for up to ``wait_on_worker`` seconds before deferring."""
+        """Long-poll the node for up to ``wait_on_worker`` seconds, then defer.
+
+        The poll interval is the pause after an unreachable node (until the
+        wait is up; then the error fails this try) or an answer cut short.
+        """
         deadline = time.monotonic() + self.wait_on_worker
-        while (
-            node_task.get("status") not in FINAL_NODE_STATUSES
-            and time.monotonic() < deadline
-        ):
-            time.sleep(self.poll_interval)
-            node_task = node.get_task(self.task_key)
+        while node_task.get("status") not in FINAL_NODE_STATUSES:
+            wait = min(deadline - time.monotonic(), TASK_WAIT_LIMIT_SECONDS)
+            if wait <= 0:
+                break
+            asked_at = time.monotonic()
+            try:
+                node_task = node.get_task(self.task_key, wait=wait)
+            except NodeRequestError as exc:
+                if exc.status != 0 or time.monotonic() + self.poll_interval >= deadline:
+                    raise
+                logger.warning(
+                    "node unreachable task=%s node=%s", self.task_key, self.worker
+                )
+                time.sleep(self.poll_interval)
+                continue
+            if cut_short(node_task, asked_at, wait):
+                time.sleep(self.poll_interval)
         return node_task
 
     def execute_complete(

@@ -3,12 +3,14 @@
 ``plans_folder`` holds one plan spec per submitted plan (``<key>.json``);
 ``network`` is the folder written by ``airfed network init``, whose
 ``orchestrator/`` profile holds the TLS identity with which operators call
-nodes; ``node_poll_interval`` is the pause between two status requests to a
-node; ``wait_on_worker`` is how long a task polls its node from the worker
-that posted it before deferring to the triggerer; ``finish_in_triggerer``
-ends a successful deferred task in the triggerer instead of resuming it on a
-worker (faster, but Airflow then runs no listener for it). Each is also read
-from ``AIRFLOW__AIRFED__<NAME>``.
+nodes; ``node_poll_interval`` is the pause before asking a node for a task's
+status again after an error or an answer cut short (status requests
+long-poll: the node answers as soon as the task ends); ``wait_on_worker`` is
+how long a task waits for its node from the worker that posted it before
+deferring to the triggerer; ``finish_in_triggerer`` ends a successful
+deferred task in the triggerer instead of resuming it on a worker (faster,
+but Airflow then runs no listener for it). Each is also read from
+``AIRFLOW__AIRFED__<NAME>``.
 """
 
 from __future__ import annotations

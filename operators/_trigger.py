@@ -1,16 +1,18 @@
 """The trigger that runs a task on a node and waits for it in the triggerer.
 
 It posts the task to the worker's node (``POST /tasks``; the node returns the
-existing task when the key is known, so posting again is safe), then polls
-``GET /tasks/{key}`` over mutual TLS until the status is final, and fires
-one event::
+existing task when the key is known, so posting again is safe), then
+long-polls ``GET /tasks/{key}?wait=`` over mutual TLS (the node answers as
+soon as the task ends) until the status is final, and fires one event::
 
     {"task_key", "worker", "status": done|failed|canceled|rejected|unreachable,
      "error": str | None, "outputs", "performances", "receipt"}
 
 ``rejected`` means the node refused the task (e.g. a permission); it will
 refuse it again. ``unreachable`` means the node could not be reached for
-``_UNREACHABLE_AFTER`` seconds; a retry may succeed.
+``_UNREACHABLE_AFTER`` seconds; a retry may succeed. The poll interval is
+only a pause: after an error, or after a node answered a long-poll early
+without an end (it is stopping, or predates the long-poll).
 
 With ``finish_on_success`` a ``done`` task ends in the triggerer
 (``TaskSuccessEvent``) with its XCom, and no worker resumes it; any other
@@ -33,12 +35,17 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from airfed.operators._settings import network_folder, orchestrator_profile
 from airfed.sdk.errors import ConfigError, NodeRequestError
 from airfed.sdk.network import Network, client_ssl_context, load_network
-from airfed.sdk.node_client import AsyncNodeClient, NodeClient
+from airfed.sdk.node_client import (
+    TASK_WAIT_LIMIT_SECONDS,
+    AsyncNodeClient,
+    NodeClient,
+)
 
 __all__ = [
     "FINAL_NODE_STATUSES",
     "NodeTaskTrigger",
     "cancel_on_node",
+    "cut_short",
     "node_client",
     "node_client_args",
     "node_task_event",
@@ -145,6 +152,17 @@ def _event(task_key: str, worker: str, status: str, **fields: Any) -> TriggerEve
     return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
 
+def cut_short(node_task: Mapping[str, Any], asked_at: float, wait: float) -> bool:
+    """Whether a long-poll asked at ``asked_at`` ended early, without an end.
+
+    The node is stopping, or is of a version that ignores ``wait``: the
+    caller pauses before it asks again.
+    """
+    if node_task.get("status") in FINAL_NODE_STATUSES:
+        return False
+    return time.monotonic() - asked_at < wait / 2
+
+
 def node_task_event(
     task_key: str, worker: str, node_task: dict[str, Any]
 ) -> TriggerEvent:
@@ -238,8 +256,12 @@ class NodeTaskTrigger(BaseTrigger):
         else:
             node_task = await client.get_task(self.task_key)
         while node_task.get("status") not in FINAL_NODE_STATUSES:
-            await asyncio.sleep(self.poll_interval)
-            node_task = await client.get_task(self.task_key)
+            asked_at = time.monotonic()
+            node_task = await client.get_task(
+                self.task_key, wait=TASK_WAIT_LIMIT_SECONDS
+            )
+            if cut_short(node_task, asked_at, TASK_WAIT_LIMIT_SECONDS):
+                await asyncio.sleep(self.poll_interval)
         logger.info(
             "task ended task=%s node=%s status=%s",
             self.task_key,

@@ -12,6 +12,11 @@ Uploads stream from disk and downloads stream to disk: a model is written to
 a temporary file next to its destination, its SHA-256 checked against the
 node's ``X-Airfed-Checksum`` header, then renamed into place. The sync
 client's download reads the body without httpx (:mod:`airfed.sdk._download`).
+
+``get_task(key, wait=S)`` long-polls: the node answers as soon as the task
+ends, or with the task as it is after at most ``S`` seconds (at most
+:data:`TASK_WAIT_LIMIT_SECONDS`), so a caller learns of the end at once
+without asking again and again.
 """
 
 from __future__ import annotations
@@ -36,9 +41,16 @@ from airfed.sdk.errors import NodeRequestError
 from airfed.sdk.network import client_ssl_context, load_network
 from airfed.sdk.spec import TaskSpec
 
-__all__ = ["CHECKSUM_HEADER", "AsyncNodeClient", "NodeClient"]
+__all__ = [
+    "CHECKSUM_HEADER",
+    "TASK_WAIT_LIMIT_SECONDS",
+    "AsyncNodeClient",
+    "NodeClient",
+]
 
 _TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+TASK_WAIT_LIMIT_SECONDS = 30.0
+"""The longest wait ``GET /tasks/{key}?wait=`` accepts."""
 
 
 @dataclass
@@ -51,9 +63,19 @@ class _Call:
     json_body: Any = None
     data: dict[str, str] | None = None
     files: dict[str, tuple[str, IO[bytes], str]] | None = None
+    # Seconds the node may hold the answer back, on top of the read timeout.
+    holds_for: float = 0.0
 
-    def kwargs(self) -> dict[str, Any]:
+    def kwargs(self, timeout: httpx.Timeout) -> dict[str, Any]:
         out: dict[str, Any] = {"params": self.params}
+        if self.holds_for > 0:
+            read = (timeout.read or _TIMEOUT.read or 60.0) + self.holds_for
+            out["timeout"] = httpx.Timeout(
+                connect=timeout.connect,
+                read=read,
+                write=timeout.write,
+                pool=timeout.pool,
+            )
         if self.json_body is not None:
             out["json"] = self.json_body
         if self.data is not None:
@@ -75,6 +97,13 @@ def _problem_detail(response: httpx.Response) -> str:
     if isinstance(body, dict) and "detail" in body:
         return str(body["detail"])
     return response.text[:500]
+
+
+def _task_call(key: str, wait: float) -> _Call:
+    if wait <= 0:
+        return _Call("GET", f"/tasks/{key}")
+    wait = min(float(wait), TASK_WAIT_LIMIT_SECONDS)
+    return _Call("GET", f"/tasks/{key}", {"wait": f"{wait:.3f}"}, holds_for=wait)
 
 
 def _read_timeout(timeout: httpx.Timeout | float) -> float:
@@ -243,7 +272,9 @@ class NodeClient:
 
     def _send(self, call: _Call) -> httpx.Response:
         try:
-            response = self._http.request(call.method, call.path, **call.kwargs())
+            response = self._http.request(
+                call.method, call.path, **call.kwargs(self._http.timeout)
+            )
         except httpx.HTTPError as exc:
             raise _transport_error(self.base_url, exc) from exc
         _raise_for_problem(response)
@@ -369,8 +400,15 @@ class NodeClient:
         """End a task prepared for a pod from what the pod wrote; retry-safe."""
         return dict(self._json(_Call("POST", f"/tasks/{key}/collect")))
 
-    def get_task(self, key: str) -> dict[str, Any]:
-        return dict(self._json(_Call("GET", f"/tasks/{key}")))
+    def get_task(self, key: str, *, wait: float = 0.0) -> dict[str, Any]:
+        """Task ``key``; with ``wait`` (seconds), once it ends or the wait is up.
+
+        The node answers as soon as the task is done, failed or canceled;
+        otherwise after ``wait`` seconds (capped at
+        :data:`TASK_WAIT_LIMIT_SECONDS`) or earlier if it stops, with the
+        task as it is then.
+        """
+        return dict(self._json(_task_call(key, wait)))
 
     def list_tasks(self, plan_key: str | None = None) -> list[dict[str, Any]]:
         return list(self._json(_Call("GET", "/tasks", _params(plan_key=plan_key))))
@@ -430,7 +468,9 @@ class AsyncNodeClient:
 
     async def _send(self, call: _Call) -> httpx.Response:
         try:
-            response = await self._http.request(call.method, call.path, **call.kwargs())
+            response = await self._http.request(
+                call.method, call.path, **call.kwargs(self._http.timeout)
+            )
         except httpx.HTTPError as exc:
             raise _transport_error(self.base_url, exc) from exc
         _raise_for_problem(response)
@@ -531,8 +571,9 @@ class AsyncNodeClient:
         call = _Call("POST", "/tasks", json_body=_task_body(task, plan))
         return dict(await self._json(call))
 
-    async def get_task(self, key: str) -> dict[str, Any]:
-        return dict(await self._json(_Call("GET", f"/tasks/{key}")))
+    async def get_task(self, key: str, *, wait: float = 0.0) -> dict[str, Any]:
+        """Task ``key``; with ``wait``, as :meth:`NodeClient.get_task`."""
+        return dict(await self._json(_task_call(key, wait)))
 
     async def list_tasks(self, plan_key: str | None = None) -> list[dict[str, Any]]:
         call = _Call("GET", "/tasks", _params(plan_key=plan_key))

@@ -212,3 +212,34 @@ def test_cancel_stops_an_executing_task(
 
     assert task["status"] == "canceled"
     assert not (node_a.config.storage_dir / "work" / spec["key"]).exists()
+
+
+def test_parent_models_come_over_a_kept_connection_even_after_it_idled(
+    network: Network, tmp_path: Path
+) -> None:
+    import time
+
+    with start_nodes(network, ["a", "b"]) as nodes:
+        a = nodes["a"].client(profile(network, "a"))
+        b = nodes["b"].client(profile(network, "b"))
+        on_a = register_dataset_and_function(a, tmp_path / "a", (1.0,))
+        on_b = register_dataset_and_function(b, tmp_path / "b", (10.0,))
+        shared = {"process": {"authorized_ids": ["b"]}}
+        parent = sum_task(on_a, "a", model_permissions=shared)
+        a.submit_task(parent)
+        assert wait_task(a, parent["key"])["status"] == "done"
+        children = []
+        # The second child fetches after a's server closed the idle connection
+        # (uvicorn keeps one alive for 5 s).
+        for pause in (0.0, 6.0):
+            time.sleep(pause)
+            child = sum_task(
+                on_b, "b", plan_key=parent["plan_key"], parent=(parent["key"], "model")
+            )
+            b.submit_task(child)
+            children.append(wait_task(b, child["key"]))
+        a.close()
+        b.close()
+
+    assert [c["status"] for c in children] == ["done", "done"], children
+    assert [c["performances"] for c in children] == [{"score": 11.0}] * 2

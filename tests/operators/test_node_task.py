@@ -266,3 +266,52 @@ def test_a_function_that_fails_within_the_wait_fails_the_task_without_retry(
         operator.execute(context={})
 
     assert "the data has no label column" in str(failed.value)
+
+
+def test_waiting_on_the_worker_long_polls_instead_of_pausing(
+    federation: tuple[Federation, dict[str, RunningNode]],
+) -> None:
+    import time
+
+    from airfed.operators import NodeTaskOperator
+
+    fed, _ = federation
+    spec = fed.plan(rounds=1)
+    operator = NodeTaskOperator(
+        task_spec=spec.tasks[0], wait_on_worker=60, poll_interval=30
+    )
+
+    started = time.monotonic()
+    result = operator.execute(context={})
+
+    assert result["status"] == "done"
+    assert time.monotonic() - started < 15
+
+
+async def test_the_trigger_long_polls_instead_of_pausing(
+    federation: tuple[Federation, dict[str, RunningNode]],
+) -> None:
+    import time
+
+    from airfed.operators import NodeTaskTrigger
+
+    fed, _ = federation
+    task = fed.plan(rounds=1).tasks[0].model_dump(mode="json")
+
+    started = time.monotonic()
+    event = await _fire(NodeTaskTrigger(task, None, poll_interval=30))
+
+    assert event["status"] == "done", event
+    assert time.monotonic() - started < 15
+
+
+def test_an_answer_without_an_end_before_half_the_wait_is_cut_short() -> None:
+    import time
+
+    from airfed.operators._trigger import cut_short
+
+    now = time.monotonic()
+
+    assert cut_short({"status": "executing"}, now, 10.0)
+    assert not cut_short({"status": "done"}, now, 10.0)
+    assert not cut_short({"status": "executing"}, now - 9.0, 10.0)
