@@ -68,17 +68,20 @@ def plan_doc(spec: PlanSpec) -> str:
     )
 
 
-def build_plan_dag(spec: PlanSpec, only_task_id: str | None = None) -> DAG:
+def build_plan_dag(
+    spec: PlanSpec, only_task_id: str | None = None, tree: TaskTree | None = None
+) -> DAG:
     """One DAG for the plan: a node task per task, edges from parents.
 
     With ``only_task_id`` (a task process's parse) the DAG holds just that
-    task, when the plan has it, and no edges.
+    task, when the plan has it, and no edges. ``tree`` is the plan's task
+    tree when the caller has it already.
     """
     tasks = list(enumerate(spec.tasks))
     if only_task_id is not None:
         chosen = [(i, t) for i, t in tasks if task_id_for(t) == only_task_id]
         tasks = chosen or tasks
-    tree = TaskTree(spec)
+    tree = tree if tree is not None else TaskTree(spec)
     plan = {
         "key": spec.key,
         "name": spec.name,
@@ -131,7 +134,7 @@ def _build_all() -> dict[str, DAG]:
     context = get_parsing_context()
     stored = read_specs(context.dag_id)
     only = context.task_id if context.dag_id is not None else None
-    dags = [build_plan_dag(spec, only) for spec in stored.specs]
+    dags = [build_plan_dag(s.spec, only, s.task_tree()) for s in stored.stored]
     return {dag.dag_id: dag for dag in dags}
 
 

@@ -31,13 +31,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 from fastapi import Body, Depends, FastAPI, HTTPException, Request, status
 
 from airfed.operators._settings import plans_folder
 from airfed.operators._trigger import node_client_args
 from airfed.plugins import listener
 from airfed.plugins._plan_ledger import require_registered_plan
+from airfed.plugins._rest import AirflowRest, call_idempotent, detail
 from airfed.sdk.errors import AirfedError, NodeRequestError, SpecError
 from airfed.sdk.node_client import NodeClient
 from airfed.sdk.orchestrator import dag_id_for, dag_run_id_for, task_id_for
@@ -71,64 +71,9 @@ app = FastAPI(
 )
 
 
-# --------------------------------------------------------------------------
-# Airflow's REST API, called with the caller's token
-
-
-class _Airflow:
-    def __init__(self, request: Request) -> None:
-        from airflow.configuration import conf
-
-        token = _caller_token(request)
-        self._http = httpx.Client(
-            base_url=conf.get("api", "base_url").rstrip("/") + "/api/v2",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=60.0,
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise HTTPException(
-                status.HTTP_502_BAD_GATEWAY, f"Airflow's API did not answer: {exc}"
-            ) from exc
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.call(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise HTTPException(
-                response.status_code,
-                f"Airflow refused {method} {path}: {_detail(response)}",
-            )
-        return response.json()
-
-
-def _caller_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:]
-    return request.cookies.get("_token", "")
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300]
-    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
-
-
 @contextlib.contextmanager
-def _airflow(request: Request) -> Iterator[_Airflow]:
-    client = _Airflow(request)
-    try:
-        yield client
-    finally:
-        client.close()
+def _airflow(request: Request) -> Iterator[AirflowRest]:
+    yield AirflowRest(request)
 
 
 # --------------------------------------------------------------------------
@@ -200,7 +145,7 @@ def _request_parse() -> None:
         logger.debug("parse of the DAG factory already requested")
 
 
-def _wait_for_dag(api: _Airflow, dag_id: str) -> None:
+def _wait_for_dag(api: AirflowRest, dag_id: str) -> None:
     deadline = time.monotonic() + _DAG_APPEAR_TIMEOUT
     while api.call("GET", f"/dags/{dag_id}").status_code == 404:
         if time.monotonic() > deadline:
@@ -212,20 +157,26 @@ def _wait_for_dag(api: _Airflow, dag_id: str) -> None:
         time.sleep(0.1)
 
 
-def _trigger(api: _Airflow, spec: PlanSpec) -> str:
+def _trigger(api: AirflowRest, spec: PlanSpec) -> str:
     dag_id: str = dag_id_for(spec.key)
     run_id: str = dag_run_id_for(spec.key)
-    api.json("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+    response = call_idempotent(api, "PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    if response.status_code >= 400:
+        raise HTTPException(
+            response.status_code,
+            f"Airflow refused to unpause {dag_id}: {detail(response)}",
+        )
     body: dict[str, Any] = {
         "dag_run_id": run_id,
         "logical_date": None,
         "conf": {},
         "note": f"compute plan {spec.name!r} submitted by {spec.creator}",
     }
-    response = api.call("POST", f"/dags/{dag_id}/dagRuns", json=body)
+    # The run's id is the plan's: a run already created answers 409.
+    response = call_idempotent(api, "POST", f"/dags/{dag_id}/dagRuns", body)
     if response.status_code not in (200, 409) and response.status_code >= 400:
         raise HTTPException(
-            response.status_code, f"Airflow refused the run: {_detail(response)}"
+            response.status_code, f"Airflow refused the run: {detail(response)}"
         )
     return run_id
 
@@ -257,13 +208,13 @@ def submit_plan(
     return {"plan_key": spec.key, "dag_id": dag_id, "dag_run_id": run_id}
 
 
-def _run_state(api: _Airflow, plan_key: str) -> str:
+def _run_state(api: AirflowRest, plan_key: str) -> str:
     dag_id, run_id = dag_id_for(plan_key), dag_run_id_for(plan_key)
     response = api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
     if response.status_code == 404:
         return "submitted"
     if response.status_code >= 400:
-        raise HTTPException(response.status_code, _detail(response))
+        raise HTTPException(response.status_code, detail(response))
     state = str(response.json()["state"])
     if state == "failed" and _cancel_marker(plan_key).exists():
         return "canceled"
@@ -299,7 +250,7 @@ def list_plans(request: Request) -> list[dict[str, Any]]:
     return plans
 
 
-def _task_states(api: _Airflow, plan_key: str) -> dict[str, str]:
+def _task_states(api: AirflowRest, plan_key: str) -> dict[str, str]:
     dag_id, run_id = dag_id_for(plan_key), dag_run_id_for(plan_key)
     states: dict[str, str] = {}
     offset = 0
@@ -312,7 +263,7 @@ def _task_states(api: _Airflow, plan_key: str) -> dict[str, str]:
         if response.status_code == 404:
             return states
         if response.status_code >= 400:
-            raise HTTPException(response.status_code, _detail(response))
+            raise HTTPException(response.status_code, detail(response))
         page = response.json()
         for ti in page["task_instances"]:
             states[ti["task_id"]] = ti["state"] or "none"
@@ -366,7 +317,7 @@ def _cancel_on_nodes(tasks: list[dict[str, Any]]) -> list[str]:
     return canceled
 
 
-def _fail_run(api: _Airflow, dag_id: str, run_id: str) -> None:
+def _fail_run(api: AirflowRest, dag_id: str, run_id: str) -> None:
     """Mark the DAG run failed, and again if the scheduler raced and ended it.
 
     Marking a run that has no running task skips every task; a scheduler loop
@@ -378,7 +329,7 @@ def _fail_run(api: _Airflow, dag_id: str, run_id: str) -> None:
         if response.status_code == 404:
             return
         if response.status_code >= 400:
-            raise HTTPException(response.status_code, _detail(response))
+            raise HTTPException(response.status_code, detail(response))
         time.sleep(_FAIL_SETTLE_SECONDS)
         if api.json("GET", path)["state"] == "failed":
             return

@@ -49,10 +49,24 @@ class TaskTree:
 
     def __init__(self, spec: PlanSpec) -> None:
         leaves = [task_leaf(task) for task in spec.tasks]
-        self._tree = merkle.MemoryTree(merkle.leaf_hash(leaf) for leaf in leaves)
+        self._init(
+            [merkle.leaf_hash(leaf) for leaf in leaves],
+            hashlib.sha256(_canonical_spec(spec, leaves)).hexdigest(),
+        )
+
+    def _init(self, leaf_hashes: Sequence[bytes], spec_hash: str) -> None:
+        self.leaf_hashes = tuple(leaf_hashes)
+        self._tree = merkle.MemoryTree(self.leaf_hashes)
         self.count = self._tree.size
         self.root = self._tree.root().hex()
-        self.spec_hash = hashlib.sha256(_canonical_spec(spec, leaves)).hexdigest()
+        self.spec_hash = spec_hash
+
+    @classmethod
+    def from_hashes(cls, leaf_hashes: Sequence[bytes], spec_hash: str) -> TaskTree:
+        """The tree of a plan whose leaf hashes and spec hash are known."""
+        tree = cls.__new__(cls)
+        tree._init(leaf_hashes, spec_hash)
+        return tree
 
     def proof(self, index: int) -> list[str]:
         """The inclusion proof of task ``index`` (its place in the spec), hex."""

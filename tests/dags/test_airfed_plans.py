@@ -191,6 +191,78 @@ def test_a_task_the_plan_lacks_gets_the_whole_dag(
     assert len(dag.tasks) == len(spec.tasks)
 
 
+def _proofs(dag: Any, spec: PlanSpec) -> list[list[str]]:
+    return [dag.get_task(task_id_for(t)).plan["task_proof"] for t in spec.tasks]
+
+
+def test_the_task_tree_is_kept_beside_the_spec_and_read_back(plans: Path) -> None:
+    spec = fedavg_spec(("a", "b", "c"), rounds=2)
+    _store(plans, spec)
+    first = _bag().dags[dag_id_for(spec.key)]
+    kept = plans / ".trees" / f"{spec.key}.json"
+    assert kept.is_file()
+    # The copy is what the next parse uses: a forged spec hash in it shows.
+    data = json.loads(kept.read_text())
+    data["spec_hash"] = "0" * 64
+    kept.write_text(json.dumps(data))
+
+    second = _bag().dags[dag_id_for(spec.key)]
+
+    assert _proofs(second, spec) == _proofs(first, spec)
+    assert second.get_task(task_id_for(spec.tasks[0])).plan["spec_hash"] == "0" * 64
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["{not json", '{"digest": "0", "spec_hash": "x", "leaf_hashes": []}', "[]"],
+)
+def test_a_kept_tree_that_does_not_fit_the_spec_is_rebuilt(
+    plans: Path, damage: str
+) -> None:
+    spec = fedavg_spec(("a", "b"), rounds=2)
+    _store(plans, spec)
+    (plans / ".trees").mkdir()
+    (plans / ".trees" / f"{spec.key}.json").write_text(damage)
+
+    dag = _bag().dags[dag_id_for(spec.key)]
+
+    for index, task in enumerate(spec.tasks):
+        plan = dag.get_task(task_id_for(task)).plan
+        assert plan["spec_hash"] == spec_hash(spec)
+        assert verify_task(
+            task, index, len(spec.tasks), plan["task_proof"], plan["tasks_root"]
+        )
+    kept = json.loads((plans / ".trees" / f"{spec.key}.json").read_text())
+    assert kept["spec_hash"] == spec_hash(spec)
+
+
+def test_a_changed_spec_file_gets_a_new_tree(plans: Path) -> None:
+    spec = fedavg_spec(("a", "b"), rounds=1)
+    _store(plans, spec)
+    _bag()
+    renamed = spec.model_copy(update={"name": "renamed"})
+    _store(plans, renamed)
+
+    dag = _bag().dags[dag_id_for(spec.key)]
+
+    plan = dag.get_task(task_id_for(spec.tasks[-1])).plan
+    assert spec_hash(renamed) != spec_hash(spec)
+    assert plan["spec_hash"] == spec_hash(renamed)
+
+
+def test_a_plans_folder_that_cannot_keep_trees_still_gives_the_dag(
+    plans: Path,
+) -> None:
+    spec = fedavg_spec(("a", "b"), rounds=1)
+    _store(plans, spec)
+    (plans / ".trees").write_text("a file where the folder of trees would be")
+
+    bag = _bag()
+
+    assert bag.import_errors == {}
+    assert len(bag.dags[dag_id_for(spec.key)].tasks) == len(spec.tasks)
+
+
 def _serialized(spec_key: str) -> str:
     from airflow.serialization.serialized_objects import DagSerialization
 

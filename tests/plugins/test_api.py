@@ -168,3 +168,38 @@ def test_plans_submitted_at_the_same_time_all_start(
     with orchestrator.client() as client:
         for spec in specs:
             client.cancel_plan(spec.key)
+
+
+class _BusyAirflow:
+    """Airflow's REST API as SQLite makes it answer now and then: a server
+    error while another component holds the write lock (a fault a test
+    cannot cause on purpose), then the real answer."""
+
+    def __init__(self, errors: int, final: int = 200) -> None:
+        self.errors, self.final, self.calls = errors, final, 0
+
+    def call(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        self.calls += 1
+        if self.calls <= self.errors:
+            return httpx.Response(500, json={"reason": "Database error"})
+        return httpx.Response(self.final, json={})
+
+
+def test_submission_steps_are_tried_again_while_airflow_is_busy() -> None:
+    from airfed.plugins._rest import call_idempotent
+
+    busy = _BusyAirflow(errors=2, final=409)
+
+    response = call_idempotent(busy, "POST", "/dags/d/dagRuns", {})
+
+    assert (response.status_code, busy.calls) == (409, 3)
+
+
+def test_a_submission_step_gives_up_after_its_tries() -> None:
+    from airfed.plugins._rest import BUSY_RETRIES, call_idempotent
+
+    busy = _BusyAirflow(errors=100)
+
+    response = call_idempotent(busy, "PATCH", "/dags/d", {})
+
+    assert (response.status_code, busy.calls) == (500, len(BUSY_RETRIES) + 1)
