@@ -119,6 +119,19 @@ _PHASES = (
 )
 
 
+def _run_end(spec: PlanSpec, home: Path) -> dt.datetime:
+    """When Airflow ended the plan's DAG run."""
+    import sqlite3
+
+    from airfed.sdk.orchestrator import dag_id_for
+
+    with contextlib.closing(sqlite3.connect(home / "airflow.db")) as db:
+        (ended,) = db.execute(
+            "SELECT end_date FROM dag_run WHERE dag_id = ?", (dag_id_for(spec.key),)
+        ).fetchone()
+    return _time(ended)
+
+
 def _phases(
     spec: PlanSpec, home: Path, tasks: dict[str, dict[str, Any]]
 ) -> dict[str, float]:
@@ -165,6 +178,38 @@ def _phases(
     }
 
 
+def _cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each component, and by what it started.
+
+    ``NAME`` is the process's own time; ``NAME children`` its live
+    descendants' and the time of the descendants it already reaped (task
+    processes under the scheduler, sandboxed functions under a node).
+    """
+    import psutil
+
+    used: dict[str, float] = {}
+    for name, pid in roots.items():
+        own = children = 0.0
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            times = root.cpu_times()
+            own = times.user + times.system
+            children = times.children_user + times.children_system
+            for process in root.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    children += times.user + times.system
+                    children += times.children_user + times.children_system
+        used[name], used[f"{name} children"] = own, children
+    return used
+
+
+def _component_pids(orchestrator: Any, nodes: dict[str, Any]) -> dict[str, int]:
+    pids = {name: p.pid for name, p in orchestrator.processes.items()}
+    pids.update({f"node {org}": node.pid for org, node in nodes.items()})
+    return pids
+
+
 def _run_on_airflow(
     federation: Federation,
     spec: PlanSpec,
@@ -174,6 +219,8 @@ def _run_on_airflow(
     *,
     ledger: bool = False,
 ) -> dict[str, Any]:
+    pids = _component_pids(orchestrator, nodes)
+    cpu_before = _cpu_seconds(pids)
     with orchestrator.client() as client:
         submitted_at = dt.datetime.now(dt.UTC)
         start = time.perf_counter()
@@ -182,14 +229,24 @@ def _run_on_airflow(
             register_plan(network_root / spec.creator, spec)
         client.submit_plan(spec)
         submit_seconds = time.perf_counter() - start
-        plan = wait_for_plan(client, spec.key, timeout=7200, poll_interval=0.2)
-        total = time.perf_counter() - start
+        # As often as `airfed plan wait` asks; the plan's end comes from
+        # Airflow's record of the run, so polling adds no rounding.
+        plan = wait_for_plan(client, spec.key, timeout=7200, poll_interval=1.0)
+    cpu_after = _cpu_seconds(pids)
+    ended = _run_end(spec, orchestrator.home)
+    total = (ended - submitted_at).total_seconds()
     if plan["status"] != "success":
         raise SystemExit(f"plan ended {plan['status']}: {plan}")
     tasks = _node_tasks(spec, nodes, network_root)
     first_start = min(_time(t["started_at"]) for t in tasks.values())
+    cpu = {
+        name: round(cpu_after[name] - cpu_before[name], 2)
+        for name in cpu_after
+        if cpu_after[name] - cpu_before[name] >= 0.01
+    }
     return {
         "median_phase_seconds": _phases(spec, orchestrator.home, tasks),
+        "cpu_seconds_by_component": cpu,
         "seconds": round(total, 3),
         "submit_call_seconds": round(submit_seconds, 3),
         "submit_to_first_task_running_seconds": round(
