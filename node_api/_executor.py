@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 _SANDBOX = Path(__file__).with_name("_sandbox.py")
 _POLL_SECONDS = 0.05
+_GROUP_EXIT_SECONDS = 2.0
 _AIRFED_PACKAGES = ("sdk", "node_api", "ledger", "operators", "plugins", "dags")
 _SYSTEM_READ = (
     "/usr",
@@ -161,8 +162,10 @@ def execute(
     reader = threading.Thread(target=log.consume, args=(process.stdout,), daemon=True)
     reader.start()
     stop_reason = _wait(process, limits, cancel)
-    _kill_group(process.pid)
+    leftovers = _kill_group(process.pid)
     reader.join()
+    if leftovers:
+        _wait_until_group_dead(process.pid)
     outcome = _outcome(workdir, process, stop_reason, log, limits, started)
     logger.info(
         "task process ended workdir=%s status=%s exit_code=%s duration_s=%.3f",
@@ -369,9 +372,37 @@ def _wait(
         return reason
 
 
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # all of them already exited
+def _kill_group(pgid: int) -> bool:
+    """Kill every process of the group; False if it had none left."""
+    try:
         os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:  # all of them already exited
+        return False
+    return True
+
+
+def _wait_until_group_dead(pgid: int) -> None:
+    """Wait, a little, until the killed processes of the group have exited.
+
+    A killed process closes its files, so the log ends, a moment before it
+    is a zombie; the task is over only once none of its processes runs.
+    """
+    deadline = time.monotonic() + _GROUP_EXIT_SECONDS
+    while _group_runs(pgid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _group_runs(pgid: int) -> bool:
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(stat[2]) == pgid and stat[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _outcome(
