@@ -2,21 +2,26 @@
 
 ``node.yaml`` may set, besides what :class:`~airfed.sdk.network.NodeConfig`
 reads: ``archive_max_bytes`` and ``archive_max_files`` (limits for unpacking
-an uploaded archive), ``task_concurrency`` (tasks run at once) and ``http``
-(``httptools``, the default, or ``h11``).
+an uploaded archive), ``task_concurrency`` (tasks run at once),
+``task_launcher`` (``fork``, the default: tasks are forked from a warm task
+launcher with the runtime and numpy loaded; ``exec``: each task starts fresh
+interpreters, slower to start) and ``http`` (``httptools``, the default, or
+``h11``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from airfed.node_api._crypto import FileKeyProvider, ObjectStore
 from airfed.node_api._db import Database
+from airfed.node_api._executor import Launcher
+from airfed.sdk.errors import ConfigError
 from airfed.sdk.network import NodeConfig, load_identity_key
 
 __all__ = ["NodeContext", "NodeOptions", "read_options"]
@@ -27,6 +32,7 @@ class NodeOptions:
     archive_max_bytes: int
     archive_max_files: int
     task_concurrency: int
+    task_launcher: Launcher
     http: str
 
 
@@ -40,8 +46,17 @@ def read_options(config: NodeConfig) -> NodeOptions:
         ),
         archive_max_files=int(raw.get("archive_max_files", 100_000)),
         task_concurrency=max(1, int(raw.get("task_concurrency", 2))),
+        task_launcher=_task_launcher(raw.get("task_launcher", "fork")),
         http=str(raw.get("http", "httptools")),
     )
+
+
+def _task_launcher(value: Any) -> Launcher:
+    if value not in ("fork", "exec"):
+        raise ConfigError(
+            f"node.yaml: task_launcher is {value!r}; set it to 'fork' or 'exec'"
+        )
+    return cast(Launcher, value)
 
 
 @dataclass

@@ -1,27 +1,33 @@
-"""Confine the current process, then exec a command: the task sandbox launcher.
+"""Confine the current process: the task sandbox, shared by both task launchers.
 
-``python -s -P _sandbox.py CONFIG_JSON -- COMMAND...`` is how the executor
-starts a task. It runs as a script, not as part of the ``airfed`` package, so
-that it imports nothing but the standard library, and it runs single-threaded
+``python -s -P _sandbox.py CONFIG_JSON -- COMMAND...`` confines itself with
+:func:`confine` and execs COMMAND: the executor's ``exec`` launcher. It runs as
+a script, imports nothing but the standard library, and runs single-threaded
 in a fresh process, which ``preexec_fn`` in a threaded node could not promise.
-In order, it:
+The ``fork`` launcher (``_launcher.py``, single-threaded too) imports this
+module and calls :func:`confine` in each task process it forks; no exec
+follows there, which step 3 accounts for. In order, :func:`confine`:
 
 1. sets the resource limits (CPU seconds, address space, file size, open
    files, no core dumps); they are hard limits, so the task cannot raise them;
 2. as root, moves to a new, empty network namespace (no interface is up);
-3. drops every capability from the bounding set, so that the command, even
-   running as uid 0, executes without privileges;
+3. drops every capability from the bounding set, then clears the process's
+   own: locks the securebits (``SECBIT_NOROOT``, ``SECBIT_NO_SETUID_FIXUP``,
+   ``SECBIT_KEEP_CAPS_LOCKED``) so that uid 0 gains nothing on a later exec,
+   clears the ambient set and sets the effective, permitted and inheritable
+   sets to zero (``capset(2)``, header version 3). The task, even as uid 0,
+   runs without privileges, whether or not it execs;
 4. sets ``no_new_privs`` and applies a Landlock ruleset (Linux 5.13+): the
    command may read the interpreter, its libraries and the ``airfed`` code,
    may read and write only inside the task workdir, may not connect or bind
    TCP sockets (Landlock ABI 4+), nor signal processes outside the sandbox
    (ABI 6+);
 5. installs a seccomp filter under which socket(2) fails, so that no Unix
-   socket on disk (a database's, say) and no UDP port can be reached;
-6. execs the command.
+   socket on disk (a database's, say) and no UDP port can be reached.
 
-A step the kernel refuses is reported on stderr and skipped; the executor's
-process group kill, clean environment and limits still apply.
+The script then execs the command. A step the kernel refuses is reported on
+stderr and skipped; the executor's process group kill, clean environment and
+limits still apply.
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ _LANDLOCK_CREATE_RULESET_VERSION = 1
 _LANDLOCK_RULE_PATH_BENEATH = 1
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECUREBITS = 28
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+# SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP and SECBIT_KEEP_CAPS, each locked; only
+# KEEP_CAPS itself stays off.
+_SECUREBITS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 5)
 _CLONE_NEWNET = 0x40000000
 
 _EXECUTE, _WRITE_FILE, _READ_FILE, _READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -74,6 +86,18 @@ class _SockFilter(ctypes.Structure):
 
 class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter)))
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
 
 
 class _PathBeneath(ctypes.Structure):
@@ -114,12 +138,29 @@ def _isolate_network() -> str:
 
 def _drop_capabilities() -> str:
     if os.geteuid() != 0:
+        _clear_own_capabilities()  # lowering needs no privilege
         return "no capabilities"
     last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     for capability in range(last + 1):
         if _libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
             return f"capabilities kept ({_errno_text()})"
+    if _libc.prctl(_PR_SET_SECUREBITS, _SECUREBITS, 0, 0, 0) != 0:
+        return f"capabilities kept (securebits: {_errno_text()})"
+    problem = _clear_own_capabilities()
+    if problem:
+        return f"capabilities kept ({problem})"
     return "capabilities dropped"
+
+
+def _clear_own_capabilities() -> str | None:
+    """Empty the ambient, effective, permitted and inheritable sets."""
+    if _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        return f"ambient: {_errno_text()}"
+    header = _CapHeader(version=_LINUX_CAPABILITY_VERSION_3, pid=0)
+    data = (_CapData * 2)()  # version 3: two 32-bit words per set, all zero
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        return f"capset: {_errno_text()}"
+    return None
 
 
 def _landlock_abi() -> int:
@@ -227,11 +268,8 @@ def _forbid_sockets() -> str:
     return "no sockets"
 
 
-def main(argv: list[str]) -> None:
-    separator = argv.index("--")
-    config: dict[str, Any] = json.loads(argv[separator - 1])
-    command = argv[separator + 1 :]
-
+def confine(config: dict[str, Any]) -> None:
+    """Apply steps 1 to 5 to this process and report them on stderr."""
     _set_limits(config["rlimits"])
     steps = [_isolate_network() if config["isolate_network"] else "shared network"]
     steps.append(_drop_capabilities())
@@ -240,6 +278,14 @@ def main(argv: list[str]) -> None:
     steps.append(_forbid_sockets())
     _say(", ".join(steps))
     sys.stderr.flush()
+
+
+def main(argv: list[str]) -> None:
+    separator = argv.index("--")
+    config: dict[str, Any] = json.loads(argv[separator - 1])
+    command = argv[separator + 1 :]
+
+    confine(config)
     os.execv(command[0], command)  # noqa: S606 - argv from the executor, no shell
 
 

@@ -713,7 +713,12 @@ class _TaskRun:
             wall_seconds=float(config.task_wall_seconds),
             max_output_bytes=int(config.max_upload_bytes),
         )
-        outcome = _executor.execute(self.workdir, limits, self.cancel)
+        outcome = _executor.execute(
+            self.workdir,
+            limits,
+            self.cancel,
+            launcher=self.ctx.options.task_launcher,
+        )
         log_text = str(outcome.log or "")
         status = str(outcome.status)
         result = dict(outcome.result or {})
