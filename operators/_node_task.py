@@ -177,6 +177,9 @@ class NodeTaskOperator(BaseOperator):
     ) -> dict[str, Any]:
         if event is None:
             raise AirflowException(f"task {self.task_key} resumed without an event")
+        # The ledger's listener records the node's receipt with the task's end.
+        receipt = event.get("receipt")
+        self.node_receipt = dict(receipt) if isinstance(receipt, Mapping) else None
         status = event.get("status")
         error = str(event.get("error") or "no error reported").splitlines()
         first_line = error[0] if error else ""

@@ -7,14 +7,16 @@ orchestrator signs a ``task_status`` entry with its identity key
 (``<network>/orchestrator/identity.key``; ``[airfed] network``): the plan, the
 task's worker, function, round and rank, the try number, the timings and,
 once the task ended, the node's signed receipt with its input and output
-hashes, read from the node (``GET /tasks/{key}``).
+hashes.
 
-The hook itself only queues the entry: the node is asked and the entry
-signed and sent on a background thread, without waiting for the log's
-fsync; a task process flushes for at most five seconds when it exits. The
-hooks are installed when ``[airfed] ledger`` is on (``airfed orchestrator
-start`` turns it on with the log it starts). An error here never fails a
-task: it is logged at WARNING.
+The hook itself only queues the entry: the entry is signed and sent on a
+background thread, without waiting for the log's fsync; a task process
+flushes for at most five seconds when it exits. In the task's own process
+the receipt is the one the operator received from its node; elsewhere (a
+state set in the api-server or the scheduler) the node is asked
+(``GET /tasks/{key}``). The hooks are installed when ``[airfed] ledger`` is
+on (``airfed orchestrator start`` turns it on with the log it starts). An
+error here never fails a task: it is logged at WARNING.
 
 This module is imported by every task process: it imports nothing heavy
 until an entry is actually sent.
@@ -121,6 +123,7 @@ class _TaskRun:
         try_number: int | None,
         started_at: str | None,
         ended_at: str | None,
+        receipt: dict[str, Any] | None = None,
     ) -> None:
         self.plan_key = plan_key
         self.task_key = task_key
@@ -129,6 +132,7 @@ class _TaskRun:
         self.try_number = try_number
         self.started_at = started_at
         self.ended_at = ended_at
+        self.receipt = receipt
 
     @classmethod
     def of(cls, task_instance: Any, plan_key: str, status: str) -> _TaskRun:
@@ -140,6 +144,9 @@ class _TaskRun:
         if status != "executing" and ended is None:
             ended = dt.datetime.now(dt.UTC)
         try_number = getattr(task_instance, "try_number", None)
+        # The operator keeps the receipt its node answered with; without it
+        # (a state set in the api-server or the scheduler) the node is asked.
+        receipt = getattr(operator, "node_receipt", None)
         return cls(
             plan_key,
             task_key,
@@ -148,6 +155,7 @@ class _TaskRun:
             int(try_number) if try_number is not None else None,
             _iso(getattr(task_instance, "start_date", None)),
             _iso(ended) if status != "executing" else None,
+            dict(receipt) if isinstance(receipt, Mapping) else None,
         )
 
     def body(self) -> dict[str, Any]:
@@ -165,7 +173,9 @@ class _TaskRun:
             "ended_at": self.ended_at,
         }
         if self.status != "executing" and spec.get("worker"):
-            body["receipt"] = _node_receipt(str(spec["worker"]), self.task_key)
+            body["receipt"] = self.receipt or _node_receipt(
+                str(spec["worker"]), self.task_key
+            )
         return {name: value for name, value in body.items() if value is not None}
 
 

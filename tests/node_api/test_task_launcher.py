@@ -60,7 +60,6 @@ def _run(
     return outcome, report
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="capabilities are those of root")
 @LAUNCHERS
 def test_task_process_has_no_capabilities(tmp_path: Path, launcher: Launcher) -> None:
     outcome, report = _run(tmp_path, launcher=launcher)
