@@ -294,7 +294,7 @@ def measure_parse(workdir: Path) -> dict[str, Any]:
     import subprocess
     import sys
 
-    from airfed.sdk.orchestrator import dag_id_for
+    from airfed.sdk.orchestrator import dag_id_for, task_id_for
     from tests.support.airflow import REPO_ROOT, fedavg_spec
 
     spec = fedavg_spec(tuple(f"org{i}" for i in range(10)), rounds=91)
@@ -314,7 +314,9 @@ def measure_parse(workdir: Path) -> dict[str, Any]:
     ):
         case_env = dict(env)
         if dag_id is not None:
+            # A task process names its DAG and its task (here the last one).
             case_env["_AIRFLOW_PARSING_CONTEXT_DAG_ID"] = dag_id
+            case_env["_AIRFLOW_PARSING_CONTEXT_TASK_ID"] = task_id_for(spec.tasks[-1])
         output = subprocess.run(
             [sys.executable, "-c", _PARSE_PROBE, str(REPO_ROOT / "dags")],
             env=case_env,
