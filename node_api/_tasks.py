@@ -463,13 +463,19 @@ class _TaskRun:
             staged = self._stage()
             self._record_context(staged)
             if self.cancel.is_set():
-                self.service._finish(self.key, CANCELED, error="canceled before it ran")
+                self._finish(CANCELED, error="canceled before it ran")
                 return
             self._execute(staged)
         except (NodeError, AirfedError) as exc:
-            self.service._finish(self.key, FAILED, error=str(exc))
+            self._finish(FAILED, error=str(exc))
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _finish(self, status: str, **values: Any) -> None:
+        """End the task: its workdir (the function's code, its inputs) is gone
+        before anyone can see the task's final status."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.service._finish(self.key, status, **values)
 
     def _record_context(self, staged: _Staged) -> None:
         with self.ctx.db.session() as session:
@@ -724,10 +730,10 @@ class _TaskRun:
         result = dict(outcome.result or {})
         if self.service.stopping:
             stopped = "the node stopped while the task ran; submit it again"
-            self.service._finish(self.key, FAILED, logs=log_text, error=stopped)
+            self._finish(FAILED, logs=log_text, error=stopped)
             return
         if self.cancel.is_set() or status == CANCELED:
-            self.service._finish(self.key, CANCELED, logs=log_text, error="canceled")
+            self._finish(CANCELED, logs=log_text, error="canceled")
             return
         if status != DONE:
             error = outcome.error or result.get("error")
@@ -831,8 +837,7 @@ class _TaskRun:
             status=status,
             signer=self.ctx.organization,
         )
-        self.service._finish(
-            self.key,
+        self._finish(
             status,
             outputs=outputs,
             performances=performances,
