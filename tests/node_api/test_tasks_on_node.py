@@ -26,9 +26,13 @@ def test_task_runs_end_to_end_and_signs_its_receipt(
     with node_a.client(profile(network, "a")) as client:
         registered = register_dataset_and_function(client, tmp_path, (1.0, 2.5))
         posted = client.submit_task(sum_task(registered, "a"))
-        task = wait_task(client, posted["key"])
+        # The long poll answers the moment the status is final: the workdir
+        # (the function's code and inputs) must be gone by then.
+        task = client.get_task(posted["key"], wait=30)
+        workdir_left = (node_a.config.storage_dir / "work" / posted["key"]).exists()
 
         assert task["status"] == "done", task
+        assert not workdir_left
         model = task["outputs"]["model"]
         dest = tmp_path / "model.json"
         assert client.download_model(model["model_key"], dest) == model["checksum"]
@@ -208,10 +212,11 @@ def test_cancel_stops_an_executing_task(
             time.sleep(0.1)
 
         client.cancel_task(spec["key"])
-        task = wait_task(client, spec["key"])
+        task = client.get_task(spec["key"], wait=30)
+        workdir_left = (node_a.config.storage_dir / "work" / spec["key"]).exists()
 
     assert task["status"] == "canceled"
-    assert not (node_a.config.storage_dir / "work" / spec["key"]).exists()
+    assert not workdir_left
 
 
 def test_parent_models_come_over_a_kept_connection_even_after_it_idled(
