@@ -53,7 +53,7 @@ REPORTING = """
 def _run(
     tmp_path: Path, code: str = REPORTING, launcher: Launcher = "fork", **kw: object
 ) -> tuple[ExecutionOutcome, dict[str, object]]:
-    workdir = make_workdir(tmp_path, code, outputs=REPORT, **kw)  # type: ignore[arg-type]
+    workdir = make_workdir(tmp_path, code, outputs=REPORT, **kw)
     outcome = execute(workdir, LIMITS, launcher=launcher)
     assert outcome.status == "done", outcome.log
     report: dict[str, object] = json.loads((workdir / "outputs" / "report").read_text())
@@ -188,7 +188,7 @@ def test_two_tasks_run_at_once(tmp_path: Path) -> None:
     a, b = reports["a"], reports["b"]
     assert a["pid"] != b["pid"]
     assert a["parent"] == b["parent"]
-    assert max(a["started"], b["started"]) < min(a["ended"], b["ended"])  # type: ignore[type-var]
+    assert max(a["started"], b["started"]) < min(a["ended"], b["ended"])
 
 
 def _wait_until_dead(pid: int, timeout: float = 30.0) -> None:
