@@ -37,7 +37,7 @@ from airfed.operators._settings import plans_folder
 from airfed.operators._trigger import node_client_args
 from airfed.plugins import listener
 from airfed.plugins._plan_ledger import require_registered_plan
-from airfed.plugins._rest import AirflowRest, call_idempotent, detail
+from airfed.plugins._rest import AirflowRest, detail
 from airfed.sdk.errors import AirfedError, NodeRequestError, SpecError
 from airfed.sdk.node_client import NodeClient
 from airfed.sdk.orchestrator import dag_id_for, dag_run_id_for, task_id_for
@@ -160,7 +160,7 @@ def _wait_for_dag(api: AirflowRest, dag_id: str) -> None:
 def _trigger(api: AirflowRest, spec: PlanSpec) -> str:
     dag_id: str = dag_id_for(spec.key)
     run_id: str = dag_run_id_for(spec.key)
-    response = call_idempotent(api, "PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    response = api.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
     if response.status_code >= 400:
         raise HTTPException(
             response.status_code,
@@ -173,7 +173,7 @@ def _trigger(api: AirflowRest, spec: PlanSpec) -> str:
         "note": f"compute plan {spec.name!r} submitted by {spec.creator}",
     }
     # The run's id is the plan's: a run already created answers 409.
-    response = call_idempotent(api, "POST", f"/dags/{dag_id}/dagRuns", body)
+    response = api.call("POST", f"/dags/{dag_id}/dagRuns", json=body)
     if response.status_code not in (200, 409) and response.status_code >= 400:
         raise HTTPException(
             response.status_code, f"Airflow refused the run: {detail(response)}"

@@ -15,12 +15,14 @@ from typing import Any
 import httpx
 from fastapi import HTTPException, Request, status
 
-__all__ = ["BUSY_RETRIES", "AirflowRest", "call_idempotent", "detail"]
+__all__ = ["BUSY_RETRIES", "AirflowRest", "detail"]
 
 logger = logging.getLogger(__name__)
 
 # Airflow on SQLite answers 500 when another component holds the database's
-# write lock; calls that are idempotent are tried again after these pauses.
+# write lock. Every call the plugin makes is idempotent (reads, unpausing a
+# DAG, a run under the plan's own id, failing a run), so a server error is
+# tried again after these pauses.
 BUSY_RETRIES = (0.2, 0.5, 1.0, 2.0)
 
 
@@ -31,6 +33,23 @@ class AirflowRest:
         self._headers = {"Authorization": f"Bearer {_caller_token(request)}"}
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The answer, tried again while Airflow answers a server error."""
+        response = self._send(method, path, **kwargs)
+        for pause in BUSY_RETRIES:
+            if response.status_code < 500:
+                break
+            logger.warning(
+                "Airflow answered a server error, trying again method=%s path=%s "
+                "status=%d",
+                method,
+                path,
+                response.status_code,
+            )
+            time.sleep(pause)
+            response = self._send(method, path, **kwargs)
+        return response
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             return _rest_client().request(method, path, headers=self._headers, **kwargs)
         except httpx.HTTPError as exc:
@@ -72,22 +91,3 @@ def detail(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:300]
     return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
-
-
-def call_idempotent(
-    api: AirflowRest, method: str, path: str, body: dict[str, Any]
-) -> httpx.Response:
-    """An idempotent call, tried again while Airflow answers a server error."""
-    response = api.call(method, path, json=body)
-    for pause in BUSY_RETRIES:
-        if response.status_code < 500:
-            break
-        logger.warning(
-            "Airflow answered a server error, trying again method=%s path=%s status=%d",
-            method,
-            path,
-            response.status_code,
-        )
-        time.sleep(pause)
-        response = api.call(method, path, json=body)
-    return response

@@ -178,28 +178,36 @@ class _BusyAirflow:
     def __init__(self, errors: int, final: int = 200) -> None:
         self.errors, self.final, self.calls = errors, final, 0
 
-    def call(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+    def send(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         self.calls += 1
         if self.calls <= self.errors:
             return httpx.Response(500, json={"reason": "Database error"})
         return httpx.Response(self.final, json={})
 
 
-def test_submission_steps_are_tried_again_while_airflow_is_busy() -> None:
-    from airfed.plugins._rest import call_idempotent
+def _rest_answering(busy: _BusyAirflow) -> object:
+    from starlette.requests import Request
 
+    from airfed.plugins._rest import AirflowRest
+
+    rest = AirflowRest(Request({"type": "http", "headers": []}))
+    rest._send = busy.send  # type: ignore[method-assign]
+    return rest
+
+
+def test_calls_to_airflow_are_tried_again_while_it_is_busy() -> None:
     busy = _BusyAirflow(errors=2, final=409)
 
-    response = call_idempotent(busy, "POST", "/dags/d/dagRuns", {})
+    response = _rest_answering(busy).call("POST", "/dags/d/dagRuns", json={})
 
     assert (response.status_code, busy.calls) == (409, 3)
 
 
-def test_a_submission_step_gives_up_after_its_tries() -> None:
-    from airfed.plugins._rest import BUSY_RETRIES, call_idempotent
+def test_a_call_to_airflow_gives_up_after_its_tries() -> None:
+    from airfed.plugins._rest import BUSY_RETRIES
 
     busy = _BusyAirflow(errors=100)
 
-    response = call_idempotent(busy, "PATCH", "/dags/d", {})
+    response = _rest_answering(busy).call("PATCH", "/dags/d", json={})
 
     assert (response.status_code, busy.calls) == (500, len(BUSY_RETRIES) + 1)
