@@ -68,6 +68,19 @@ def _wait_executing(client: NodeClient, key: str) -> None:
         time.sleep(0.05)
 
 
+def _post(
+    client: NodeClient, tmp_path: Path, code: str | None = None
+) -> dict[str, Any]:
+    """Register the data and a function (``code``, or the plain sum), post a
+    task of it on node a and return the task's spec."""
+    registered = register_dataset_and_function(client, tmp_path)
+    if code is not None:
+        registered = _function(client, registered, tmp_path, code)
+    spec = sum_task(registered, "a")
+    client.submit_task(spec)
+    return spec
+
+
 def _ended_at(task: dict[str, Any]) -> dt.datetime:
     return dt.datetime.fromisoformat(str(task["ended_at"]))
 
@@ -76,10 +89,7 @@ def test_a_wait_answers_as_soon_as_the_task_ends(
     network: Network, node_a: RunningNode, tmp_path: Path
 ) -> None:
     with node_a.client(profile(network, "a")) as client:
-        registered = register_dataset_and_function(client, tmp_path)
-        sleepy = _function(client, registered, tmp_path, SLEEPS_THEN_SUMS)
-        spec = sum_task(sleepy, "a")
-        client.submit_task(spec)
+        spec = _post(client, tmp_path, SLEEPS_THEN_SUMS)
 
         asked = time.monotonic()
         task = client.get_task(spec["key"], wait=25)
@@ -95,9 +105,7 @@ def test_a_wait_for_a_task_that_already_ended_answers_at_once(
     network: Network, node_a: RunningNode, tmp_path: Path
 ) -> None:
     with node_a.client(profile(network, "a")) as client:
-        registered = register_dataset_and_function(client, tmp_path)
-        spec = sum_task(registered, "a")
-        client.submit_task(spec)
+        spec = _post(client, tmp_path)
         ended = wait_task(client, spec["key"])
 
         asked = time.monotonic()
@@ -113,10 +121,7 @@ def test_a_wait_is_bounded(
     network: Network, node_a: RunningNode, tmp_path: Path
 ) -> None:
     with node_a.client(profile(network, "a")) as client:
-        registered = register_dataset_and_function(client, tmp_path)
-        slow = _function(client, registered, tmp_path, SLOW_FUNCTION)
-        spec = sum_task(slow, "a")
-        client.submit_task(spec)
+        spec = _post(client, tmp_path, SLOW_FUNCTION)
         _wait_executing(client, spec["key"])
 
         asked = time.monotonic()
@@ -143,10 +148,7 @@ def test_the_client_allows_for_the_wait_on_top_of_its_read_timeout(
 ) -> None:
     context = client_ssl_context(profile(network, "a"))
     with NodeClient(node_a.url, context, timeout=1.0) as client:
-        registered = register_dataset_and_function(client, tmp_path)
-        slow = _function(client, registered, tmp_path, SLOW_FUNCTION)
-        spec = sum_task(slow, "a")
-        client.submit_task(spec)
+        spec = _post(client, tmp_path, SLOW_FUNCTION)
 
         task = client.get_task(spec["key"], wait=2.5)
         client.cancel_task(spec["key"])
@@ -159,9 +161,7 @@ def test_a_wait_checks_the_caller_as_a_plain_get_does(
 ) -> None:
     token = create_token(node_a.config.home / "node.yaml", "alice")
     with node_a.client(profile(network, "a")) as client:
-        registered = register_dataset_and_function(client, tmp_path)
-        spec = sum_task(registered, "a")
-        client.submit_task(spec)
+        spec = _post(client, tmp_path)
         wait_task(client, spec["key"])
 
     answers: dict[tuple[str, str | None], list[Any]] = {}
@@ -252,10 +252,7 @@ async def test_a_stopping_node_answers_its_waiters_at_once(
     network: Network, node_a: RunningNode, tmp_path: Path
 ) -> None:
     with node_a.client(profile(network, "a")) as client:
-        registered = register_dataset_and_function(client, tmp_path)
-        slow = _function(client, registered, tmp_path, SLOW_FUNCTION)
-        spec = sum_task(slow, "a")
-        client.submit_task(spec)
+        spec = _post(client, tmp_path, SLOW_FUNCTION)
         _wait_executing(client, spec["key"])
 
     context = client_ssl_context(profile(network, "a"))
