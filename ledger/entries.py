@@ -49,6 +49,7 @@ __all__ = [
     "EntryFields",
     "EntryKind",
     "KeyRing",
+    "check_body",
     "make_entry",
     "parse_entry",
     "verify_entries",
@@ -278,6 +279,16 @@ def _check_statement(statement: Mapping[str, Any]) -> None:
         if not isinstance(value, str) or not value or len(value) > 256:
             raise EntryError(f"entry field {field!r} must be a non-empty string")
     _check_body(kind, statement["body"])
+
+
+def check_body(kind: str, body: Any) -> None:
+    """Raise :class:`EntryError` unless ``body`` is what a ``kind`` entry holds."""
+    known = _KINDS.get(kind) if type(kind) is str else None
+    if known is None:
+        raise EntryError(
+            f"entry kind {kind!r} is not one of {', '.join(k.value for k in EntryKind)}"
+        )
+    _check_body(known, body)
 
 
 def _check_body(kind: EntryKind, body: Any) -> None:

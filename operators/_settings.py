@@ -9,7 +9,9 @@ long-poll: the node answers as soon as the task ends); ``wait_on_worker`` is
 how long a task waits for its node from the worker that posted it before
 deferring to the triggerer; ``finish_in_triggerer`` ends a successful
 deferred task in the triggerer instead of resuming it on a worker (faster,
-but Airflow then runs no listener for it). Each is also read from
+but Airflow then runs no listener for it); ``ledger_relay`` is the socket of
+the orchestrator's ledger relay, through which task processes write their
+ledger entries (empty: each writes to the log itself). Each is also read from
 ``AIRFLOW__AIRFED__<NAME>``.
 """
 
@@ -23,6 +25,7 @@ from airfed.sdk.network import ORCHESTRATOR_ID
 
 __all__ = [
     "finish_in_triggerer",
+    "ledger_relay",
     "network_folder",
     "node_poll_interval",
     "orchestrator_profile",
@@ -43,6 +46,11 @@ def orchestrator_profile() -> Path:
     """The orchestrator's profile folder: ``<network>/orchestrator``."""
     profile: Path = network_folder() / ORCHESTRATOR_ID
     return profile
+
+
+def ledger_relay() -> Path | None:
+    value = str(conf.get("airfed", "ledger_relay", fallback="") or "").strip()
+    return Path(value).expanduser() if value else None
 
 
 def finish_in_triggerer() -> bool:

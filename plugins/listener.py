@@ -11,10 +11,12 @@ hashes.
 
 The hook itself only queues the entry: the entry is signed and sent on a
 background thread, without waiting for the log's fsync; a task process
-flushes for at most five seconds when it exits. In the task's own process
-the receipt is the one the operator received from its node; elsewhere (a
-state set in the api-server or the scheduler) the node is asked
-(``GET /tasks/{key}``). The hooks are installed when ``[airfed] ledger`` is
+flushes for at most five seconds when it exits. Where the orchestrator runs
+a ledger relay (``[airfed] ledger_relay``), the thread hands the entry to
+the relay, which signs it and sends it over its one channel to the log. In
+the task's own process the receipt is the one the operator received from its
+node; elsewhere (a state set in the api-server or the scheduler) the node is
+asked (``GET /tasks/{key}``). The hooks are installed when ``[airfed] ledger`` is
 on (``airfed orchestrator start`` turns it on with the log it starts). An
 error here never fails a task: it is logged at WARNING.
 
@@ -65,10 +67,10 @@ def _entry_sender() -> EntrySender:
     global _sender, _sender_pid
     with _lock:
         if _sender is None or _sender_pid != os.getpid():
-            from airfed.operators._settings import orchestrator_profile
+            from airfed.operators._settings import ledger_relay, orchestrator_profile
             from airfed.sdk._ledger import EntrySender
 
-            _sender = EntrySender(orchestrator_profile())
+            _sender = EntrySender(orchestrator_profile(), relay=ledger_relay())
             _sender_pid = os.getpid()
         return _sender
 

@@ -5,7 +5,9 @@ the components, the login, the plans folder), migrates the metadata
 database, starts ``api-server`` on 127.0.0.1, ``scheduler``,
 ``dag-processor`` and ``triggerer`` (without their log servers, which would
 listen on every interface), waits until Airflow reports every component
-healthy, and stops them all by pid when the ``with`` block ends.
+healthy, and stops them all by pid when the ``with`` block ends. With the
+ledger on, it also runs the ledger relay (``airfed.sdk._ledger_relay``) in
+this process, through which the task processes write their ledger entries.
 
 Airflow reads the repository's ``airflow.cfg`` (``AIRFLOW_CONFIG``); what
 depends on the run is set through ``AIRFLOW__<SECTION>__<KEY>`` variables.
@@ -24,11 +26,16 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from airfed.sdk.errors import ConfigError, OrchestratorError
+from airfed.sdk.network import ORCHESTRATOR_ID
 from airfed.sdk.orchestrator import OrchestratorClient
+
+if TYPE_CHECKING:
+    from airfed.sdk._ledger_relay import LedgerRelay
 
 __all__ = [
     "COMPONENTS",
@@ -38,6 +45,7 @@ __all__ = [
     "start_orchestrator",
 ]
 
+_RELAY_ENV = "AIRFLOW__AIRFED__LEDGER_RELAY"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 _DEFAULT_PORT = 8080
 _STOP_TIMEOUT = 20.0
@@ -145,6 +153,7 @@ class RunningOrchestrator:
     password: str
     environment: dict[str, str]
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ledger_relay: LedgerRelay | None = None
 
     @property
     def plans_folder(self) -> Path:
@@ -324,6 +333,7 @@ def start_orchestrator(
         password=str(secrets_file["password"]),
         environment=env,
     )
+    relay = running.ledger_relay = _start_relay(env, Path(network), home)
     try:
         for name in COMPONENTS:
             running.processes[name] = _launch(name, env, home, port)
@@ -331,3 +341,21 @@ def start_orchestrator(
         yield running
     finally:
         running.stop()
+        if relay is not None:
+            relay.stop()
+
+
+def _start_relay(env: dict[str, str], network: Path, home: Path) -> LedgerRelay | None:
+    """The ledger relay for the task processes, when the ledger is on.
+
+    Sets ``[airfed] ledger_relay`` in ``env``; a value already there (even
+    empty, which keeps every process on its own channel) is left alone.
+    """
+    ledger = env.get("AIRFLOW__AIRFED__LEDGER", "off").strip().lower()
+    if ledger not in ("on", "true", "yes", "1") or _RELAY_ENV in env:
+        return None
+    from airfed.sdk._ledger_relay import LedgerRelay
+
+    relay = LedgerRelay(network.resolve() / ORCHESTRATOR_ID, home)
+    env[_RELAY_ENV] = str(relay.socket_path)
+    return relay

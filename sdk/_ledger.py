@@ -13,7 +13,8 @@ task tree (``airfed.sdk._membership``) and waits until the log holds it,
 before the plan goes to the orchestrator.
 
 Nothing here imports gRPC until a statement is actually sent, so code that
-Airflow imports in every task process stays light.
+Airflow imports in every task process stays light; a task process that has
+the orchestrator's relay (``airfed.sdk._ledger_relay``) never imports it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airfed.sdk.errors import AirfedError, ConfigError
 
@@ -63,7 +64,10 @@ class EntrySender:
     ``DIR/orchestrator``): its ``identity.key`` signs, its TLS files open the
     mutual-TLS channel to ``address`` (the network's log by default).
     ``wait`` makes each batch wait until the log made it durable; the calling
-    thread never does.
+    thread never does. With ``relay`` (the socket of the orchestrator's
+    :class:`~airfed.sdk._ledger_relay.LedgerRelay`), statements go to the
+    relay, which signs and appends them; a relay that does not answer is
+    replaced by a channel of this sender's own.
     """
 
     def __init__(
@@ -75,12 +79,14 @@ class EntrySender:
         identity_key_file: Path | None = None,
         wait: bool = False,
         flush_at_exit: bool = True,
+        relay: Path | None = None,
     ) -> None:
         self.profile = Path(profile)
         self.author = author or self.profile.name
         self._identity_key_file = identity_key_file or self.profile / "identity.key"
         self._address = address
         self._wait = wait
+        self._relay = relay
         self._queue: queue.Queue[Statement] = queue.Queue(_MAX_QUEUED)
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -95,7 +101,7 @@ class EntrySender:
 
     @property
     def sent(self) -> int:
-        """How many entries the log has accepted from this sender."""
+        """How many entries the log (or the relay) has accepted from this sender."""
         return self._sent
 
     def record(
@@ -142,8 +148,7 @@ class EntrySender:
     # -- the sending thread
 
     def _run(self) -> None:
-        client: Any = None
-        identity: Any = None
+        transport: _Transport | None = None
         pause = 0.5
         batch: list[Statement] = []
         while not self._stop.is_set():
@@ -152,9 +157,9 @@ class EntrySender:
                 if not batch:
                     continue
             try:
-                if client is None:
-                    client, identity = self._connect()
-                self._send(client, identity, batch)
+                if transport is None:
+                    transport = self._connect()
+                self._sent += transport.send(batch)
             except _Unavailable as exc:
                 logger.warning(
                     "ledger append failed, will retry author=%s entries=%d error=%s",
@@ -162,9 +167,9 @@ class EntrySender:
                     len(batch),
                     exc,
                 )
-                if client is not None:
-                    client.close()
-                client = None
+                if transport is not None:
+                    transport.close()
+                transport = None
                 self._stop.wait(pause)
                 pause = min(_MAX_PAUSE, pause * 2)
                 continue
@@ -179,8 +184,8 @@ class EntrySender:
                 logger.exception("ledger entries dropped author=%s", self.author)
             self._done(len(batch))
             batch, pause = [], 0.5
-        if client is not None:
-            client.close()
+        if transport is not None:
+            transport.close()
 
     def _next_batch(self) -> list[Statement]:
         try:
@@ -194,49 +199,100 @@ class EntrySender:
                 break
         return batch
 
-    def _connect(self) -> tuple[Any, Any]:
+    def _connect(self) -> _Transport:
+        """The relay when one answers, else a channel of this sender's own."""
+        if self._relay is not None:
+            from airfed.sdk._ledger_relay import RelayClient, RelayUnavailable
+
+            try:
+                return _RelayTransport(RelayClient(self._relay))
+            except RelayUnavailable as exc:
+                logger.debug(
+                    "ledger relay not used author=%s error=%s", self.author, exc
+                )
         from airfed.ledger.client import LedgerClient
         from airfed.sdk.network import load_identity_key, load_network
 
         address = self._address or load_network(self.profile.parent).ledger_address
         identity = load_identity_key(self._identity_key_file)
-        return LedgerClient(address, self.profile, timeout=30.0), identity
+        client = LedgerClient(address, self.profile, timeout=30.0)
+        return _LogTransport(client, identity, self.author, self._wait)
 
-    def _send(self, client: Any, identity: Any, batch: list[Statement]) -> None:
+    def _done(self, count: int) -> None:
+        with self._idle:
+            self._busy = max(0, self._busy - count)
+            self._idle.notify_all()
+
+
+class _Unavailable(AirfedError):  # type: ignore[misc,unused-ignore]
+    """The log could not be reached; the batch is sent again later."""
+
+
+def _materialized(batch: list[Statement]) -> list[tuple[Statement, Mapping[str, Any]]]:
+    """Each statement with its body; one whose body cannot be made is dropped."""
+    made = []
+    for statement in batch:
+        body = statement.body
+        try:
+            made.append((statement, body() if callable(body) else body))
+        except (AirfedError, OSError, ValueError) as exc:
+            logger.error(
+                "ledger entry not made, dropped kind=%s key=%s error=%s",
+                statement.kind,
+                statement.key,
+                exc,
+            )
+    return made
+
+
+class _Transport(Protocol):
+    def send(self, batch: list[Statement]) -> int:
+        """Send ``batch``; returns how many entries were taken."""
+
+    def close(self) -> None: ...
+
+
+class _LogTransport:
+    """Signs the statements here and appends them over a channel to the log."""
+
+    def __init__(self, client: Any, identity: Any, author: str, wait: bool) -> None:
+        self._client = client
+        self._identity = identity
+        self._author = author
+        self._wait = wait
+
+    def send(self, batch: list[Statement]) -> int:
         from airfed.ledger.entries import make_entry
         from airfed.ledger.errors import EntryError
 
         entries = []
-        for statement in batch:
+        for statement, body in _materialized(batch):
             try:
-                body = statement.body
                 entries.append(
                     make_entry(
                         statement.kind,
-                        author=self.author,
+                        author=self._author,
                         key=statement.key,
-                        body=body() if callable(body) else body,
-                        identity_key=identity,
+                        body=body,
+                        identity_key=self._identity,
                     )
                 )
-            except (AirfedError, EntryError, OSError, ValueError) as exc:
+            except (EntryError, ValueError) as exc:
                 logger.error(
                     "ledger entry not made, dropped kind=%s key=%s error=%s",
                     statement.kind,
                     statement.key,
                     exc,
                 )
-        if entries:
-            self._append(client, entries)
+        return self._append(entries) if entries else 0
 
-    def _append(self, client: Any, entries: list[Any]) -> None:
+    def _append(self, entries: list[Any]) -> int:
         """Append; an entry the log refuses is dropped, the others are kept."""
         from airfed.ledger.errors import LedgerError, LedgerUnavailable
 
         try:
-            client.append(entries, wait=self._wait)
-            self._sent += len(entries)
-            return
+            self._client.append(entries, wait=self._wait)
+            return len(entries)
         except LedgerUnavailable as exc:
             raise _Unavailable(str(exc)) from exc
         except LedgerError as exc:
@@ -247,21 +303,44 @@ class EntrySender:
                     entries[0].key,
                     exc,
                 )
-                return
-        for entry in entries:
-            self._append(client, [entry])
-            logger.debug(
-                "ledger entries sent author=%s entries=%d", self.author, len(entries)
+                return 0
+        return sum(self._append([entry]) for entry in entries)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _RelayTransport:
+    """Hands the statements to the orchestrator's relay, which signs them."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def send(self, batch: list[Statement]) -> int:
+        from airfed.sdk._ledger_relay import RelayUnavailable
+
+        made = [
+            {"kind": statement.kind, "key": statement.key, "body": dict(body)}
+            for statement, body in _materialized(batch)
+        ]
+        if not made:
+            return 0
+        try:
+            refused = self._client.send(made)
+        except RelayUnavailable as exc:
+            raise _Unavailable(str(exc)) from exc
+        for refusal in refused:
+            statement = made[int(refusal.get("index", 0))]
+            logger.error(
+                "ledger relay refused entry kind=%s key=%s error=%s",
+                statement["kind"],
+                statement["key"],
+                refusal.get("error"),
             )
+        return len(made) - len(refused)
 
-    def _done(self, count: int) -> None:
-        with self._idle:
-            self._busy = max(0, self._busy - count)
-            self._idle.notify_all()
-
-
-class _Unavailable(AirfedError):  # type: ignore[misc,unused-ignore]
-    """The log could not be reached; the batch is sent again later."""
+    def close(self) -> None:
+        self._client.close()
 
 
 def plan_statement(spec: PlanSpec) -> Statement:

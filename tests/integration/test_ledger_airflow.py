@@ -122,6 +122,14 @@ def test_plan_runs_with_every_task_run_on_the_ledger(stack: Stack) -> None:
         statuses = {e.body["status"] for e in stack.task_entries(task.key)}
         assert {"executing", "done"} <= statuses
 
+    # The task processes handed their entries to the orchestrator's relay.
+    relay = stack.orchestrator.ledger_relay
+    assert relay is not None
+    wait_for(
+        "the relay's entries on the log",
+        lambda: relay.sent >= 2 * len(spec.tasks) or None,
+    )
+
     verify = subprocess.run(
         [
             sys.executable,
