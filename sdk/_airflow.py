@@ -356,6 +356,6 @@ def _start_relay(env: dict[str, str], network: Path, home: Path) -> LedgerRelay 
         return None
     from airfed.sdk._ledger_relay import LedgerRelay
 
-    relay = LedgerRelay(network.resolve() / ORCHESTRATOR_ID, home)
+    relay = LedgerRelay.in_folder(network.resolve() / ORCHESTRATOR_ID, home)
     env[_RELAY_ENV] = str(relay.socket_path)
     return relay

@@ -122,33 +122,33 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 class LedgerRelay:
     """Takes statements on a Unix socket and appends them as ``profile``'s author.
 
-    ``profile`` is the orchestrator's folder (``<network>/orchestrator``).
-    The socket is made in ``folder`` (a ``run/`` folder of mode 0700 is
-    created there), or in a private temporary folder when that path would be
-    too long for a Unix socket. :meth:`stop` closes the socket, then flushes
-    what the relay still holds for up to ``flush_timeout`` seconds.
+    ``profile`` is the orchestrator's folder (``<network>/orchestrator``);
+    ``socket_path`` is where the socket goes (its folder must exist). The
+    socket is readable and writable by this user only from the moment it
+    appears; a stale socket there is replaced, a live relay's is not.
+    :meth:`stop` closes the socket, then flushes what the relay still holds
+    for up to ``flush_timeout`` seconds.
     """
 
     def __init__(
         self,
         profile: Path,
-        folder: Path,
+        socket_path: Path,
         *,
         address: str | None = None,
         flush_timeout: float = 10.0,
     ) -> None:
         from airfed.sdk._ledger import EntrySender
 
+        self.socket_path = Path(socket_path).absolute()
+        self._own_folder: Path | None = None
         self._flush_timeout = flush_timeout
         self._lock = threading.Lock()
         self._stopping = False
         self._connections: set[socket.socket] = set()
-        self._own_folder, self.socket_path = _socket_path(Path(folder))
-        self._sender = EntrySender(profile, address=address, flush_at_exit=False)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        self._server = _Server(str(self.socket_path), _Handler)
+        self._server = _bind(self.socket_path)
         self._server.relay = self
+        self._sender = EntrySender(profile, address=address, flush_at_exit=False)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -157,6 +157,23 @@ class LedgerRelay:
         )
         self._thread.start()
         logger.info("ledger relay listening socket=%s", self.socket_path)
+
+    @classmethod
+    def in_folder(cls, profile: Path, folder: Path, **options: Any) -> LedgerRelay:
+        """A relay whose socket is in ``folder/run`` (made with mode 0700).
+
+        When that path is too long for a Unix socket, the socket goes into
+        a private temporary folder instead, removed by :meth:`stop`.
+        """
+        own, path = _socket_path(Path(folder))
+        try:
+            relay = cls(profile, path, **options)
+        except BaseException:
+            if own is not None:
+                own.rmdir()
+            raise
+        relay._own_folder = own
+        return relay
 
     @property
     def sent(self) -> int:
@@ -235,6 +252,47 @@ def _socket_path(folder: Path) -> tuple[Path | None, Path]:
     return own, own / _SOCKET_NAME
 
 
+def _bind(path: Path) -> _Server:
+    """A server listening at ``path``, never reachable by another user.
+
+    The socket is bound in a private folder beside ``path``, restricted to
+    this user, and only then renamed into place.
+    """
+    if len(str(path)) > _MAX_SOCKET_PATH:
+        raise RelayError(
+            f"{path} is too long for a Unix socket (at most {_MAX_SOCKET_PATH} "
+            "bytes); choose a shorter path"
+        )
+    if not path.parent.is_dir():
+        raise RelayError(f"{path.parent} is not a folder; create it first")
+    if path.exists() or path.is_symlink():
+        try:
+            RelayClient(path, timeout=2.0).close()
+        except RelayUnavailable:
+            pass  # stale: nobody answers there
+        else:
+            raise RelayError(f"a ledger relay already listens at {path}")
+    staging = Path(tempfile.mkdtemp(prefix=".r", dir=path.parent))
+    try:
+        server = _Server(str(staging / "s"), _Handler, bind_and_activate=False)
+        try:
+            server.server_bind()
+            (staging / "s").chmod(0o600)
+            server.server_activate()
+            (staging / "s").replace(path)
+        except BaseException:
+            server.server_close()
+            raise
+    except OSError as exc:
+        raise RelayError(f"cannot listen at {path}: {exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            (staging / "s").unlink()
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+    return server
+
+
 class RelayClient:
     """One connection to a relay; :meth:`send` returns what the relay refused."""
 
@@ -281,3 +339,9 @@ class RelayClient:
     def close(self) -> None:
         self._reader.close()
         self._socket.close()
+
+    def __enter__(self) -> RelayClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

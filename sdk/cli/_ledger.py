@@ -1,4 +1,4 @@
-"""``airfed ledger serve|witness|verify|show|prove``."""
+"""``airfed ledger serve|relay|witness|verify|show|prove``."""
 
 from __future__ import annotations
 
@@ -76,6 +76,42 @@ def ledger_serve(
         _wait_for_signal()
     finally:
         server.stop()
+
+
+@ledger_app.command("relay")
+def ledger_relay(
+    network: NetworkOption,
+    socket_path: Annotated[
+        Path,
+        typer.Option(
+            "--socket",
+            help="Where to listen: the path set as Airflow's [airfed] ledger_relay.",
+        ),
+    ],
+    address: Annotated[
+        str | None, typer.Option(help="The log's host:port; default from network.yaml.")
+    ] = None,
+) -> None:
+    """Sign and send the task processes' ledger entries over one channel.
+
+    Run it beside Airflow's workers (on the scheduler with LocalExecutor);
+    'airfed orchestrator start' runs one of its own.
+    """
+    from airfed.sdk._ledger_relay import LedgerRelay
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    profile = Path(network).resolve() / ORCHESTRATOR_ID
+    if not (profile / "identity.key").is_file():
+        raise LedgerError(
+            f"{profile / 'identity.key'} does not exist; the relay signs with the "
+            "orchestrator's identity key"
+        )
+    relay = LedgerRelay(profile, socket_path, address=address)
+    err_console.print(f"ledger relay listening on {relay.socket_path}")
+    try:
+        _wait_for_signal()
+    finally:
+        relay.stop()
 
 
 @ledger_app.command("witness")

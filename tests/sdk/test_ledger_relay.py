@@ -24,7 +24,12 @@ from airfed.ledger.client import LedgerClient
 from airfed.ledger.entries import Entry, parse_entry, verify_entry
 from airfed.ledger.server import LedgerServer, serve_log
 from airfed.sdk._ledger import EntrySender
-from airfed.sdk._ledger_relay import LedgerRelay, RelayClient, RelayUnavailable
+from airfed.sdk._ledger_relay import (
+    LedgerRelay,
+    RelayClient,
+    RelayError,
+    RelayUnavailable,
+)
 from airfed.sdk.network import Network
 from tests.support.ledger import wait_for
 
@@ -40,7 +45,9 @@ def log(network: Network) -> Iterator[LedgerServer]:
 
 @pytest.fixture
 def relay(network: Network, log: LedgerServer, tmp_path: Path) -> Iterator[LedgerRelay]:
-    with LedgerRelay(network.root / "orchestrator", tmp_path / "home") as running:
+    with LedgerRelay.in_folder(
+        network.root / "orchestrator", tmp_path / "home"
+    ) as running:
         yield running
 
 
@@ -139,7 +146,7 @@ def test_a_sender_whose_relay_stops_goes_on_over_its_own_channel(
     network: Network, log: LedgerServer, tmp_path: Path
 ) -> None:
     first, second = (f"task-{uuid.uuid4().hex[:8]}" for _ in range(2))
-    relay = LedgerRelay(network.root / "orchestrator", tmp_path / "home")
+    relay = LedgerRelay.in_folder(network.root / "orchestrator", tmp_path / "home")
     sender = EntrySender(
         network.root / "orchestrator", relay=relay.socket_path, flush_at_exit=False
     )
@@ -206,7 +213,7 @@ def test_a_home_too_deep_for_a_socket_gets_a_private_folder_removed_at_stop(
     network: Network, log: LedgerServer, tmp_path: Path
 ) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
-    relay = LedgerRelay(network.root / "orchestrator", deep)
+    relay = LedgerRelay.in_folder(network.root / "orchestrator", deep)
     folder = relay.socket_path.parent
     assert len(str(relay.socket_path)) <= 107
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
@@ -221,7 +228,7 @@ def test_stopping_the_relay_sends_what_it_still_holds(
     network: Network, log: LedgerServer, tmp_path: Path
 ) -> None:
     keys = [f"task-{uuid.uuid4().hex[:8]}" for _ in range(300)]
-    relay = LedgerRelay(network.root / "orchestrator", tmp_path / "home")
+    relay = LedgerRelay.in_folder(network.root / "orchestrator", tmp_path / "home")
     client = RelayClient(relay.socket_path)
     statements = [{"kind": "task_status", "key": k, "body": _status()} for k in keys]
     assert client.send(statements) == []
@@ -229,4 +236,84 @@ def test_stopping_the_relay_sends_what_it_still_holds(
     relay.stop()
 
     assert relay.sent == len(keys)
-    assert _logged(network, keys[-1])
+    wait_for("the last entry on the log", lambda: _logged(network, keys[-1]))
+
+
+def test_a_socket_at_a_given_path_is_private_and_not_taken_twice(
+    network: Network, log: LedgerServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "relay.sock"
+    with LedgerRelay(network.root / "orchestrator", path) as first:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        with pytest.raises(RelayError, match="already listens"):
+            LedgerRelay(network.root / "orchestrator", path)
+        with RelayClient(first.socket_path) as client:
+            assert client.send([]) == []
+    assert not path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net"]
+
+
+def test_a_stale_socket_is_replaced(
+    network: Network, log: LedgerServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "relay.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(path))  # bound, never listening: what a killed relay leaves
+    with LedgerRelay(network.root / "orchestrator", path) as relay:
+        key = f"task-{uuid.uuid4().hex[:8]}"
+        with RelayClient(relay.socket_path) as client:
+            statement = {"kind": "task_status", "key": key, "body": _status()}
+            assert client.send([statement]) == []
+    wait_for("the entry on the log", lambda: _logged(network, key))
+
+
+def _airfed(*args: str, **options: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "airfed"), "ledger", "relay", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
+
+
+def test_the_relay_command_serves_until_sigterm_and_sends_what_it_holds(
+    network: Network, log: LedgerServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "relay.sock"
+    command = _airfed("--network", str(network.root), "--socket", str(path))
+    try:
+        wait_for("the relay's socket", lambda: path.exists() or None)
+        keys = [f"task-{uuid.uuid4().hex[:8]}" for _ in range(50)]
+        client = RelayClient(path)
+        statements = [
+            {"kind": "task_status", "key": k, "body": _status()} for k in keys
+        ]
+        assert client.send(statements) == []
+        client.close()
+    finally:
+        command.terminate()
+        _, stderr = command.communicate(timeout=60)
+
+    assert command.returncode == 0, stderr
+    assert f"ledger relay listening on {path}" in " ".join(stderr.split())
+    assert not path.exists()
+    for key in keys:
+        wait_for(f"entry {key} on the log", lambda k=key: _logged(network, k))
+
+
+def test_the_relay_command_says_what_is_wrong_in_one_line(
+    network: Network, tmp_path: Path
+) -> None:
+    missing = _airfed("--network", str(tmp_path), "--socket", str(tmp_path / "s"))
+    _, stderr = missing.communicate(timeout=60)
+    assert missing.returncode == 1
+    assert "identity.key does not exist" in " ".join(stderr.split())
+    assert "Traceback" not in stderr
+
+    nowhere = tmp_path / "no-such-folder" / "relay.sock"
+    bad = _airfed("--network", str(network.root), "--socket", str(nowhere))
+    _, stderr = bad.communicate(timeout=60)
+    assert bad.returncode == 1
+    assert "is not a folder; create it first" in " ".join(stderr.split())
+    assert "Traceback" not in stderr
