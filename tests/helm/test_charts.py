@@ -334,6 +334,61 @@ def test_airflow_values_mount_what_airfed_reads() -> None:
     }
 
 
+def test_the_scheduler_pod_runs_the_ledger_relay_beside_the_task_processes() -> None:
+    import typer.main
+
+    from airfed.sdk.cli import _load_commands, app
+
+    values = yaml.safe_load(AIRFLOW_VALUES.read_text())
+    scheduler = values["scheduler"]
+    (relay,) = scheduler["extraContainers"]
+    image = f"{values['defaultAirflowRepository']}:{values['defaultAirflowTag']}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "airflow-scheduler"},
+        "spec": {
+            "volumes": values["volumes"] + scheduler["extraVolumes"],
+            "containers": [
+                {
+                    "name": "scheduler",
+                    "image": image,
+                    "volumeMounts": values["volumeMounts"]
+                    + scheduler["extraVolumeMounts"],
+                },
+                relay,
+            ],
+        },
+    }
+    kubernetes_validate.validate(pod, KUBERNETES, strict=True)
+
+    airfed = values["config"]["airfed"]
+    assert airfed["ledger"] == "on"
+    assert relay["image"] == image
+    arguments = relay["command"][1:] + relay["args"]
+    options = dict(zip(arguments[2::2], arguments[3::2], strict=True))
+    assert options == {
+        "--network": airfed["network"],
+        "--socket": airfed["ledger_relay"],
+    }
+    # The sidecar and the task processes see the socket's folder, shared.
+    folder = str(Path(airfed["ledger_relay"]).parent)
+    for container in pod["spec"]["containers"]:
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts[folder] == "airfed-run"
+        assert mounts[airfed["network"]] == "airfed-network"
+    security = relay["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["runAsUser"] != 0
+    assert "limits" in relay["resources"]
+    # The command line is one airfed accepts.
+    _load_commands(relay["command"][1:])
+    group: Any = typer.main.get_command(app)
+    command = group.commands[arguments[0]].commands[arguments[1]]
+    context = command.make_context("relay", list(arguments[2:]))
+    assert context.params["network"] == Path(airfed["network"])
+    assert context.params["socket_path"] == Path(airfed["ledger_relay"])
+
+
 def test_dockerfile_runs_airfed_as_a_non_root_user() -> None:
     lines = (ROOT / "Dockerfile").read_text().splitlines()
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
