@@ -341,8 +341,12 @@ def test_the_scheduler_pod_runs_the_ledger_relay_beside_the_task_processes() -> 
 
     values = yaml.safe_load(AIRFLOW_VALUES.read_text())
     scheduler = values["scheduler"]
-    (relay,) = scheduler["extraContainers"]
+    (relay,) = copy.deepcopy(scheduler["extraContainers"])
+    # The official chart renders extraContainers with `tpl`.
+    template = "{{ .Values.defaultAirflowRepository }}:{{ .Values.defaultAirflowTag }}"
+    assert relay["image"] == template
     image = f"{values['defaultAirflowRepository']}:{values['defaultAirflowTag']}"
+    relay["image"] = image
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -364,7 +368,6 @@ def test_the_scheduler_pod_runs_the_ledger_relay_beside_the_task_processes() -> 
 
     airfed = values["config"]["airfed"]
     assert airfed["ledger"] == "on"
-    assert relay["image"] == image
     arguments = relay["command"][1:] + relay["args"]
     options = dict(zip(arguments[2::2], arguments[3::2], strict=True))
     assert options == {
