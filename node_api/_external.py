@@ -43,17 +43,16 @@ from airfed.node_api._auth import Caller
 from airfed.node_api._context import NodeContext
 from airfed.node_api._db import Function, Task, utcnow
 from airfed.node_api._executor import cleanup
-from airfed.node_api._tasks import (
+from airfed.node_api._task_run import (
     CANCELED,
     DONE,
     EXECUTING,
     FAILED,
     WAITING,
-    TaskService,
-    _Staged,
-    _TaskRun,
-    task_out,
+    Staged,
+    TaskRun,
 )
+from airfed.node_api._tasks import TaskService, task_out
 from airfed.node_api.errors import (
     BadRequest,
     Conflict,
@@ -280,7 +279,7 @@ class ExternalTasks:
             self.service._cancels.pop(key, None)
 
 
-class _PodTaskRun(_TaskRun):
+class _PodTaskRun(TaskRun):
     """One pod task: prepared like a node task, ended from its result.json."""
 
     def __init__(self, service: TaskService, key: str) -> None:
@@ -309,7 +308,7 @@ class _PodTaskRun(_TaskRun):
         elif not self._mark_prepared(staged):
             cleanup(self.workdir)
 
-    def _mark_prepared(self, staged: _Staged) -> bool:
+    def _mark_prepared(self, staged: Staged) -> bool:
         with self.ctx.db.session() as session:
             row = self.service._task(session, self.key)
             if row.status != EXECUTING:
@@ -338,14 +337,14 @@ class _PodTaskRun(_TaskRun):
             cleanup(self.workdir)
         self._end(staged, *ending)
 
-    def _restaged(self) -> _Staged:
+    def _restaged(self) -> Staged:
         with self.ctx.db.session() as session:
             row = self.service._task(session, self.key)
             record = dict((row.plan or {}).get(_PREPARED_FIELD) or {})
             function = session.get(Function, self.spec.function_key)
         if function is None:
             raise TaskFailed(f"function {self.spec.function_key} is no longer stored")
-        return _Staged(
+        return Staged(
             function=function, input_hashes=dict(record.get("input_hashes") or {})
         )
 
@@ -367,7 +366,7 @@ class _PodTaskRun(_TaskRun):
             )
         return result
 
-    def _check_outputs(self, staged: _Staged, result: dict[str, Any]) -> None:
+    def _check_outputs(self, staged: Staged, result: dict[str, Any]) -> None:
         """Refuse the whole result before anything is stored."""
         reported = result.get("performances") or {}
         if not isinstance(reported, dict):
