@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from airfed.node_api._db import LedgerOutbox, utcnow
-from airfed.sdk._ledger import Statement
+from airfed.sdk._ledger import Statement, sign_statements
 
 __all__ = ["Outbox"]
 
@@ -100,36 +100,18 @@ class Outbox:
 
     def write(self, connection: Connection, statements: list[Statement]) -> bool:
         """Sign ``statements`` and insert them; False if none could be signed."""
-        from airfed.ledger.entries import make_entry
-        from airfed.ledger.errors import EntryError
-
-        rows = []
-        for statement in statements:
-            body = statement.body
-            try:
-                entry = make_entry(
-                    statement.kind,
-                    author=self._author,
-                    key=statement.key,
-                    body=body() if callable(body) else body,
-                    identity_key=self._identity_key,
-                )
-            except (EntryError, ValueError) as exc:
-                logger.error(
-                    "ledger entry not made kind=%s key=%s error=%s",
-                    statement.kind,
-                    statement.key,
-                    exc,
-                )
-                continue
-            rows.append(
-                {
-                    "kind": str(entry.kind),
-                    "subject_key": entry.key,
-                    "data": entry.data,
-                    "created_at": utcnow(),
-                }
-            )
+        entries = sign_statements(
+            statements, author=self._author, identity_key=self._identity_key
+        )
+        rows = [
+            {
+                "kind": str(entry.kind),
+                "subject_key": entry.key,
+                "data": entry.data,
+                "created_at": utcnow(),
+            }
+            for entry in entries
+        ]
         if rows:
             connection.execute(sa.insert(LedgerOutbox), rows)
         return bool(rows)

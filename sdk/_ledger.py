@@ -34,7 +34,13 @@ from airfed.sdk.errors import AirfedError, ConfigError
 if TYPE_CHECKING:
     from airfed.sdk.spec import PlanSpec
 
-__all__ = ["EntrySender", "Statement", "plan_statement", "register_plan"]
+__all__ = [
+    "EntrySender",
+    "Statement",
+    "plan_statement",
+    "register_plan",
+    "sign_statements",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +251,39 @@ def _materialized(batch: list[Statement]) -> list[tuple[Statement, Mapping[str, 
     return made
 
 
+def sign_statements(
+    statements: list[Statement], *, author: str, identity_key: Any
+) -> list[Any]:
+    """Signed entries for ``statements``, in order, as ``author``.
+
+    A statement whose body cannot be made, or that the ledger's rules refuse,
+    is dropped with an ERROR line that names it; the others are signed.
+    """
+    from airfed.ledger.entries import make_entry
+    from airfed.ledger.errors import EntryError
+
+    entries = []
+    for statement, body in _materialized(statements):
+        try:
+            entries.append(
+                make_entry(
+                    statement.kind,
+                    author=author,
+                    key=statement.key,
+                    body=body,
+                    identity_key=identity_key,
+                )
+            )
+        except (EntryError, ValueError) as exc:
+            logger.error(
+                "ledger entry not made, dropped kind=%s key=%s error=%s",
+                statement.kind,
+                statement.key,
+                exc,
+            )
+    return entries
+
+
 class _Transport(Protocol):
     def send(self, batch: list[Statement]) -> int:
         """Send ``batch``; returns how many entries were taken."""
@@ -262,28 +301,9 @@ class _LogTransport:
         self._wait = wait
 
     def send(self, batch: list[Statement]) -> int:
-        from airfed.ledger.entries import make_entry
-        from airfed.ledger.errors import EntryError
-
-        entries = []
-        for statement, body in _materialized(batch):
-            try:
-                entries.append(
-                    make_entry(
-                        statement.kind,
-                        author=self._author,
-                        key=statement.key,
-                        body=body,
-                        identity_key=self._identity,
-                    )
-                )
-            except (EntryError, ValueError) as exc:
-                logger.error(
-                    "ledger entry not made, dropped kind=%s key=%s error=%s",
-                    statement.kind,
-                    statement.key,
-                    exc,
-                )
+        entries = sign_statements(
+            batch, author=self._author, identity_key=self._identity
+        )
         return self._append(entries) if entries else 0
 
     def _append(self, entries: list[Any]) -> int:
