@@ -37,22 +37,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
-
 from airfed.node_api._auth import Caller
 from airfed.node_api._context import NodeContext
-from airfed.node_api._db import Function, Task, utcnow
+from airfed.node_api._db import Function, Task
 from airfed.node_api._executor import cleanup
 from airfed.node_api._task_run import (
     CANCELED,
     DONE,
     EXECUTING,
     FAILED,
-    WAITING,
+    POD,
+    RUNNERS,
+    SUBPROCESS,
     Staged,
     TaskRun,
+    runner_of,
 )
-from airfed.node_api._tasks import TaskService, task_out
+from airfed.node_api._tasks import TaskService
 from airfed.node_api.errors import (
     BadRequest,
     Conflict,
@@ -77,11 +78,8 @@ logger = logging.getLogger(__name__)
 
 # Staged on the node's storage, waiting for its pod to run and be collected.
 PREPARED = "prepared"
-SUBPROCESS, POD = "subprocess", "pod"
-RUNNERS = (SUBPROCESS, POD)
 _FINAL = frozenset({DONE, FAILED, CANCELED})
-# Keys of the task row's ``plan`` (how the task was submitted; never served).
-_RUNNER_FIELD = "runner"
+# The key of the task row's ``plan`` that records the staging (never served).
 _PREPARED_FIELD = "prepared"
 
 
@@ -145,68 +143,22 @@ class ExternalTasks:
 
     def submit(self, caller: Caller, body: Any) -> tuple[dict[str, Any], bool]:
         """Store a pod task and start preparing it; return it and whether it is new."""
-        spec, plan, parents = TaskService._parse(body)
-        if spec.worker != self.ctx.organization:
-            raise BadRequest(
-                f"task {spec.key} is for worker {spec.worker}; this node is "
-                f"{self.ctx.organization}"
-            )
-        spec_json = spec.model_dump(mode="json")
-        existing = self._existing(spec.key, spec_json)
+        row, existing = self.service.admit(caller, body, POD)
         if existing is not None:
             return existing, False
-        row = Task(
-            key=spec.key,
-            plan_key=spec.plan_key,
-            spec=spec_json,
-            plan={**plan, "parents": parents, _RUNNER_FIELD: POD},
-            submitter=caller.id,
-            status=WAITING,
-            outputs={},
-            performances={},
-        )
-        try:
-            with self.ctx.db.session() as session:
-                session.add(row)
-                session.flush()
-                # Claimed in the same transaction: the node's own task
-                # dispatcher never sees it waiting.
-                session.execute(
-                    update(Task)
-                    .where(Task.key == spec.key)
-                    .values(status=EXECUTING, started_at=utcnow())
-                )
-        except Conflict:
-            existing = self._existing(spec.key, spec_json)
-            if existing is None:
-                raise
+        existing = self.service.insert(row, POD, claim=True)
+        if existing is not None:
             return existing, False
         logger.info(
-            "pod task accepted task=%s plan=%s by=%s",
-            spec.key,
-            spec.plan_key,
-            caller.id,
+            "pod task accepted task=%s plan=%s by=%s", row.key, row.plan_key, caller.id
         )
         if self._pool is None:
             self.service._finish(
-                spec.key, FAILED, error="this node does not run tasks; post it again"
+                row.key, FAILED, error="this node does not run tasks; post it again"
             )
         else:
-            self._pool.submit(self._prepare_guarded, spec.key)
-        return self.service.get(spec.key), True
-
-    def _existing(self, key: str, spec_json: dict[str, Any]) -> dict[str, Any] | None:
-        with self.ctx.db.session() as session:
-            row = session.get(Task, key)
-            if row is None:
-                return None
-            if row.spec != spec_json:
-                raise Conflict(f"task key {key} already names a different task")
-            if (row.plan or {}).get(_RUNNER_FIELD) != POD:
-                raise Conflict(
-                    f"task {key} was posted to run on the node, not as a pod"
-                )
-            return task_out(row)
+            self._pool.submit(self._prepare_guarded, row.key)
+        return self.service.get(row.key), True
 
     def collect(self, caller: Caller, key: str) -> dict[str, Any]:
         """End a prepared task from what its pod wrote; safe to call again."""
@@ -233,7 +185,7 @@ class ExternalTasks:
         with self._lock(key):
             with self.ctx.db.session() as session:
                 row = self.service._task(session, key)
-                if (row.plan or {}).get(_RUNNER_FIELD) != POD or row.status != PREPARED:
+                if runner_of(row) != POD or row.status != PREPARED:
                     return None
                 self._require_orchestrating(caller, row, "cancel")
             cleanup(external_workdir(self.ctx, key))
@@ -244,7 +196,7 @@ class ExternalTasks:
 
     def _require_orchestrating(self, caller: Caller, row: Task, action: str) -> None:
         """Only the node, the submitter and the plan's creator steer a task."""
-        if (row.plan or {}).get(_RUNNER_FIELD) != POD:
+        if runner_of(row) != POD:
             raise Conflict(
                 f"task {row.key} runs on the node, not as a pod; there is nothing "
                 f"to {action}"

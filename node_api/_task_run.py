@@ -53,9 +53,14 @@ __all__ = [
     "DONE",
     "EXECUTING",
     "FAILED",
+    "POD",
+    "RUNNERS",
+    "RUNNER_FIELD",
+    "SUBPROCESS",
     "WAITING",
     "Staged",
     "TaskRun",
+    "runner_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +72,18 @@ WAITING, EXECUTING, DONE, FAILED, CANCELED = (
     "failed",
     "canceled",
 )
+
+
+# How a task runs: in the node's sandbox, or as a pod on the partner's cluster.
+SUBPROCESS, POD = "subprocess", "pod"
+RUNNERS = (SUBPROCESS, POD)
+# The key of the task row's ``plan`` that names a pod task's runner.
+RUNNER_FIELD = "runner"
+
+
+def runner_of(row: Task) -> str:
+    """How the stored task ``row`` was posted to run."""
+    return str((row.plan or {}).get(RUNNER_FIELD) or SUBPROCESS)
 
 
 @dataclass

@@ -36,8 +36,12 @@ from airfed.node_api._task_run import (
     DONE,
     EXECUTING,
     FAILED,
+    POD,
+    RUNNER_FIELD,
+    SUBPROCESS,
     WAITING,
     TaskRun,
+    runner_of,
 )
 from airfed.node_api._transient import TransientOutputs
 from airfed.node_api.errors import (
@@ -57,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 _FINAL = frozenset({DONE, FAILED, CANCELED})
 _POLL_SECONDS = 1.0
+_WHERE = {SUBPROCESS: "on the node", POD: "as a pod"}
 
 
 def task_out(row: Task) -> dict[str, Any]:
@@ -112,6 +117,28 @@ class TaskService:
 
     def submit(self, caller: Caller, body: Any) -> tuple[dict[str, Any], bool]:
         """Store a task; return it and whether it is new."""
+        row, existing = self.admit(caller, body, SUBPROCESS)
+        if existing is not None:
+            return existing, False
+        existing = self.insert(row, SUBPROCESS)
+        if existing is not None:
+            return existing, False
+        logger.info(
+            "task accepted task=%s plan=%s by=%s", row.key, row.plan_key, caller.id
+        )
+        self._wake.set()
+        return task_out(row), True
+
+    def admit(
+        self, caller: Caller, body: Any, runner: str
+    ) -> tuple[Task, dict[str, Any] | None]:
+        """A new waiting row for the task that ``body`` posts to ``runner``,
+        and the task already stored under its key, if any.
+
+        A key already stored answers with that task when it is the same task
+        posted to the same runner (retries are safe), and is a conflict
+        otherwise.
+        """
         spec, plan, parents = self._parse(body)
         if spec.worker != self.ctx.organization:
             raise BadRequest(
@@ -119,32 +146,41 @@ class TaskService:
                 f"{self.ctx.organization}"
             )
         spec_json = spec.model_dump(mode="json")
-        existing = self._existing(spec.key, spec_json)
-        if existing is not None:
-            return existing, False
+        how = {} if runner == SUBPROCESS else {RUNNER_FIELD: runner}
         row = Task(
             key=spec.key,
             plan_key=spec.plan_key,
             spec=spec_json,
-            plan={**plan, "parents": parents},
+            plan={**plan, "parents": parents, **how},
             submitter=caller.id,
             status=WAITING,
             outputs={},
             performances={},
         )
+        return row, self._existing(spec.key, spec_json, runner)
+
+    def insert(
+        self, row: Task, runner: str, *, claim: bool = False
+    ) -> dict[str, Any] | None:
+        """Store the new ``row``; None, or the task that a concurrent post of
+        the same key stored first. ``claim`` marks it executing in the same
+        transaction, so that the dispatcher never sees it waiting."""
         try:
             with self.ctx.db.session() as session:
                 session.add(row)
+                if claim:
+                    session.flush()
+                    session.execute(
+                        update(Task)
+                        .where(Task.key == row.key)
+                        .values(status=EXECUTING, started_at=utcnow())
+                    )
         except Conflict:
-            existing = self._existing(spec.key, spec_json)
+            existing = self._existing(row.key, row.spec, runner)
             if existing is None:
                 raise
-            return existing, False
-        logger.info(
-            "task accepted task=%s plan=%s by=%s", spec.key, spec.plan_key, caller.id
-        )
-        self._wake.set()
-        return task_out(row), True
+            return existing
+        return None
 
     @staticmethod
     def _parse(body: Any) -> tuple[TaskSpec, dict[str, Any], dict[str, str]]:
@@ -161,13 +197,21 @@ class TaskService:
             raise BadRequest(f"task: {_describe(exc)}") from exc
         return spec, plan, {str(k): str(v) for k, v in parents.items()}
 
-    def _existing(self, key: str, spec_json: dict[str, Any]) -> dict[str, Any] | None:
+    def _existing(
+        self, key: str, spec_json: dict[str, Any], runner: str
+    ) -> dict[str, Any] | None:
         with self.ctx.db.session() as session:
             row = session.get(Task, key)
             if row is None:
                 return None
             if row.spec != spec_json:
                 raise Conflict(f"task key {key} already names a different task")
+            stored = runner_of(row)
+            if stored != runner:
+                raise Conflict(
+                    f"task {key} was posted to run {_WHERE[stored]}, "
+                    f"not {_WHERE[runner]}"
+                )
             return task_out(row)
 
     def get(self, key: str) -> dict[str, Any]:

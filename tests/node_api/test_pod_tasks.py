@@ -159,6 +159,10 @@ def test_collecting_again_or_posting_again_returns_the_ended_task(
         assert first["status"] == "done"
         assert again == first
         assert client.submit_task(spec, runner="pod") == first
+        with pytest.raises(NodeRequestError) as on_the_node:
+            client.submit_task(spec)
+        assert on_the_node.value.status == 409
+        assert "posted to run as a pod" in on_the_node.value.detail
         assert len(client.list_models(task_key=spec["key"])) == 1
         assert len(client.list_tasks(spec["plan_key"])) == 1
 
@@ -185,6 +189,7 @@ def test_collect_is_refused_for_tasks_it_does_not_apply_to(
         assert "not as a pod" in not_a_pod.value.detail
         assert unknown.value.status == 404
         assert as_a_pod.value.status == 409
+        assert "posted to run on the node" in as_a_pod.value.detail
         assert bad_runner.value.status == 400
         assert "runner" in bad_runner.value.detail
 
