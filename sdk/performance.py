@@ -21,6 +21,7 @@ from airfed.sdk.catalog import Performance
 
 __all__ = [
     "FEDERATED",
+    "MODEL_LABEL_KEY",
     "Comparison",
     "PerformanceTable",
     "compare_models",
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 FEDERATED = "federated"
-_STRATEGY_LABEL_KEY = "airfed.model"
+MODEL_LABEL_KEY = "airfed.model"
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class PerformanceTable:
 
 def model_label(metadata: Mapping[str, str], worker: str) -> str:
     """``federated``, or ``local:<organization>`` for a local-only baseline."""
-    strategy_label = metadata.get(_STRATEGY_LABEL_KEY, "")
+    strategy_label = metadata.get(MODEL_LABEL_KEY, "")
     if strategy_label.startswith("local:"):
         return strategy_label
     if metadata.get("model") == "local":

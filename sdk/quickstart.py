@@ -66,11 +66,15 @@ from airfed.sdk.local import (
 )
 from airfed.sdk.network import init_network
 from airfed.sdk.orchestrator import FINAL_PLAN_STATUSES, dag_id_for
-from airfed.sdk.performance import FEDERATED, PerformanceTable, performance_table
+from airfed.sdk.performance import (
+    FEDERATED,
+    MODEL_LABEL_KEY,
+    PerformanceTable,
+    performance_table,
+)
 from airfed.sdk.profile import write_profile
 from airfed.sdk.spec import Permission, Permissions, PlanSpec
 from airfed.sdk.strategies import (
-    MODEL_LABEL_KEY,
     Federation,
     Krum,
     OrganizationData,

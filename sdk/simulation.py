@@ -36,9 +36,9 @@ import yaml
 from airfed.sdk.algorithms import Algorithm, package_algorithm
 from airfed.sdk.datasets import FederatedDataset, write_opener, write_organization_data
 from airfed.sdk.errors import AirfedError
+from airfed.sdk.performance import MODEL_LABEL_KEY
 from airfed.sdk.spec import PlanSpec, TaskSpec
 from airfed.sdk.strategies import (
-    MODEL_LABEL_KEY,
     AlgorithmFunctions,
     Federation,
     OrganizationData,

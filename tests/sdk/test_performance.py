@@ -38,8 +38,7 @@ def test_without_metadata_everything_is_federated() -> None:
 
 
 def test_strategy_labels_mark_local_only_models() -> None:
-    from airfed.sdk.performance import model_label
-    from airfed.sdk.strategies import MODEL_LABEL_KEY
+    from airfed.sdk.performance import MODEL_LABEL_KEY, model_label
 
     assert model_label({MODEL_LABEL_KEY: "local:b"}, "b") == "local:b"
     assert model_label({MODEL_LABEL_KEY: FEDERATED}, "b") == FEDERATED
