@@ -98,6 +98,15 @@ def test_failing_function_fails_the_run_and_its_log_is_readable(
     assert plan["status"] == "failed"
     states = {t["task_id"]: t["state"] for t in plan["tasks"]}
     assert states[task_id_for(broken)] == "failed"
+    # Nothing half-done: the aggregate never reached its node, no task is left
+    # in flight, and the failed task left no model and no workdir behind.
+    aggregate = next(t for t in spec.tasks if t.category == "aggregate")
+    assert states[task_id_for(aggregate)] == "upstream_failed"
+    assert _final_node_status(stack, aggregate.worker, aggregate.key) == "never posted"
+    assert not {"running", "deferred", "queued", "scheduled"} & set(states.values())
+    with stack.nodes["b"].client(stack.network.root / "b") as owner:
+        assert owner.list_models(task_key=broken.key) == []
+    assert not (stack.nodes["b"].config.storage_dir / "work" / broken.key).exists()
     config = stack.nodes["b"].config
     token = create_token(config.home / "node.yaml", "alice")
     with stack.nodes["b"].client(stack.network.root / "b", token) as alice:
