@@ -84,6 +84,52 @@ def test_submitting_the_same_plan_twice_is_one_run(
     client.cancel_plan(spec.key)
 
 
+def test_a_thousand_task_plan_is_submitted_in_one_piece(
+    orchestrator: RunningOrchestrator, client: OrchestratorClient
+) -> None:
+    from airfed.sdk.spec import parse_plan_spec, spec_hash
+
+    spec = fedavg_spec(rounds=250, name="long fedavg")
+    assert len(spec.tasks) == 1000
+
+    answer = client.submit_plan(spec)
+
+    assert answer["dag_run_id"] == dag_run_id_for(spec.key)
+    stored = orchestrator.plans_folder / f"{spec.key}.json"
+    assert spec_hash(parse_plan_spec(stored.read_bytes())) == spec_hash(spec)
+    dag_tasks = _airflow_get(orchestrator, f"/dags/{answer['dag_id']}/tasks")
+    assert dag_tasks["total_entries"] == len(spec.tasks)
+    run = _airflow_get(
+        orchestrator, f"/dags/{answer['dag_id']}/dagRuns/{answer['dag_run_id']}"
+    )
+    assert run["dag_run_id"] == answer["dag_run_id"]
+    client.cancel_plan(spec.key)
+
+
+def _airflow_get(orchestrator: RunningOrchestrator, path: str) -> dict:
+    """GET on Airflow's own REST API v2, logged in as the orchestrator's user."""
+    response = httpx.get(
+        f"{orchestrator.url}/api/v2{path}",
+        headers={"Authorization": f"Bearer {_token(orchestrator)}"},
+        timeout=60,
+    )
+    response.raise_for_status()
+    answer: dict = response.json()
+    return answer
+
+
+def _token(orchestrator: RunningOrchestrator) -> str:
+    """A JWT of Airflow's API for the orchestrator's user."""
+    answer = httpx.post(
+        f"{orchestrator.url}/auth/token",
+        json={"username": orchestrator.username, "password": orchestrator.password},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    token: str = answer.json()["access_token"]
+    return token
+
+
 def test_a_different_plan_under_a_known_key_is_refused(
     client: OrchestratorClient,
 ) -> None:
@@ -105,16 +151,10 @@ def test_a_spec_that_cannot_be_read_is_refused_naming_the_field(
 ) -> None:
     body = json.loads(fedavg_spec(rounds=1).to_json())
     body["rounds"] = "many"
-    token = httpx.post(
-        f"{orchestrator.url}/auth/token",
-        json={"username": orchestrator.username, "password": orchestrator.password},
-        timeout=30,
-    ).json()["access_token"]
-
     response = httpx.post(
         f"{orchestrator.url}/airfed/api/plans",
         json=body,
-        headers={"Authorization": f"Bearer {token}"},
+        headers={"Authorization": f"Bearer {_token(orchestrator)}"},
         timeout=30,
     )
 
