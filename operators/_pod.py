@@ -150,6 +150,7 @@ class NodeTaskPodOperator(KubernetesPodOperator):
             name=f"airfed-task-{spec.key[:8].lower()}",
             cmds=["airfed"],
             arguments=["task", "run", "--workdir", TASK_MOUNT],
+            # HOME on the pod's own scratch volume: the root filesystem is read-only.
             env_vars={"AIRFED_TASK_KEY": spec.key, "HOME": "/tmp"},  # noqa: S108
             labels={
                 "app.kubernetes.io/name": "airfed-task",
