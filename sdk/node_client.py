@@ -38,7 +38,6 @@ import httpx
 
 from airfed.sdk._download import CHECKSUM_HEADER, fetch_model
 from airfed.sdk.errors import NodeRequestError
-from airfed.sdk.network import client_ssl_context, load_network
 from airfed.sdk.spec import TaskSpec
 
 __all__ = [
@@ -249,16 +248,6 @@ class NodeClient:
             base_url=self.base_url, verify=ssl_context, headers=headers, timeout=timeout
         )
 
-    @classmethod
-    def for_profile(
-        cls, profile_dir: Path, org_id: str, token: str | None = None
-    ) -> NodeClient:
-        """A client of ``org_id``'s node, presenting the profile's certificate."""
-        profile_dir = Path(profile_dir)
-        network = load_network(profile_dir.parent / "network.yaml")
-        url = network.organization(org_id).node_url
-        return cls(url, client_ssl_context(profile_dir), token)
-
     def close(self) -> None:
         self._http.close()
 
@@ -447,15 +436,6 @@ class AsyncNodeClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url, verify=ssl_context, headers=headers, timeout=timeout
         )
-
-    @classmethod
-    def for_profile(
-        cls, profile_dir: Path, org_id: str, token: str | None = None
-    ) -> AsyncNodeClient:
-        profile_dir = Path(profile_dir)
-        network = load_network(profile_dir.parent / "network.yaml")
-        url = network.organization(org_id).node_url
-        return cls(url, client_ssl_context(profile_dir), token)
 
     async def aclose(self) -> None:
         await self._http.aclose()
