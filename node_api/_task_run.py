@@ -121,6 +121,8 @@ class TaskRun:
                 self.service.before_run(self.key)
             staged = self._stage()
             self._record_context(staged)
+            if self.service.stopping:
+                return  # runs again when the node starts
             if self.cancel.is_set():
                 self._finish(CANCELED, error="canceled before it ran")
                 return
@@ -386,9 +388,7 @@ class TaskRun:
         status = str(outcome.status)
         result = dict(outcome.result or {})
         if self.service.stopping:
-            stopped = "the node stopped while the task ran; submit it again"
-            self._finish(FAILED, logs=log_text, error=stopped)
-            return
+            return  # left executing: it runs again when the node starts
         if self.cancel.is_set() or status == CANCELED:
             self._finish(CANCELED, logs=log_text, error="canceled")
             return

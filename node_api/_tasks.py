@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import ssl
 import threading
 from collections.abc import Callable
@@ -62,6 +63,10 @@ logger = logging.getLogger(__name__)
 _FINAL = frozenset({DONE, FAILED, CANCELED})
 _POLL_SECONDS = 1.0
 _WHERE = {SUBPROCESS: "on the node", POD: "as a pod"}
+# A task interrupted by the node's stop runs again at the next start, this many
+# times at most; the count is kept in the task row's ``plan``.
+_MAX_RESTARTS = 2
+_RESTARTS_FIELD = "restarts"
 
 
 def task_out(row: Task) -> dict[str, Any]:
@@ -294,7 +299,7 @@ class TaskService:
     # -- dispatcher
 
     def start(self) -> None:
-        self._fail_interrupted()
+        self._resume_interrupted()
         self._seal_plain_logs()
         concurrency = self.ctx.options.task_concurrency
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="task")
@@ -318,17 +323,33 @@ class TaskService:
         for client in partners:
             client.close()
 
-    def _fail_interrupted(self) -> None:
+    def _resume_interrupted(self) -> None:
+        """Tasks that were executing when the node stopped, or died.
+
+        A task run on the node waits to run again from the start (its outputs
+        were never stored), at most ``_MAX_RESTARTS`` times: a function that
+        keeps bringing the node down then fails. A pod task being prepared
+        fails; it is posted again under a new key.
+        """
+        resumed: list[str] = []
         with self.ctx.db.session() as session:
-            session.execute(
-                update(Task)
-                .where(Task.status == EXECUTING)
-                .values(
-                    status=FAILED,
-                    error="the node stopped while the task ran; submit it again "
-                    "under a new key",
-                    ended_at=utcnow(),
+            for row in session.scalars(select(Task).where(Task.status == EXECUTING)):
+                restarts = int((row.plan or {}).get(_RESTARTS_FIELD, 0)) + 1
+                if runner_of(row) == SUBPROCESS and restarts <= _MAX_RESTARTS:
+                    row.plan = {**(row.plan or {}), _RESTARTS_FIELD: restarts}
+                    row.status, row.started_at = WAITING, None
+                    resumed.append(row.key)
+                    continue
+                row.status, row.ended_at = FAILED, utcnow()
+                row.error = (
+                    "the node stopped while the task ran"
+                    + (f", {restarts} times" if runner_of(row) == SUBPROCESS else "")
+                    + "; submit it again under a new key"
                 )
+        for key in resumed:
+            shutil.rmtree(self.ctx.work_dir / key, ignore_errors=True)
+            logger.warning(
+                "task interrupted by the node's stop runs again task=%s", key
             )
 
     def _seal_plain_logs(self) -> None:
