@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import ssl
 import threading
 from collections.abc import Callable
@@ -331,26 +330,22 @@ class TaskService:
         keeps bringing the node down then fails. A pod task being prepared
         fails; it is posted again under a new key.
         """
-        resumed: list[str] = []
         with self.ctx.db.session() as session:
             for row in session.scalars(select(Task).where(Task.status == EXECUTING)):
+                on_node = runner_of(row) == SUBPROCESS
                 restarts = int((row.plan or {}).get(_RESTARTS_FIELD, 0)) + 1
-                if runner_of(row) == SUBPROCESS and restarts <= _MAX_RESTARTS:
+                if on_node and restarts <= _MAX_RESTARTS:
+                    # Its stale workdir goes when the task is staged again.
                     row.plan = {**(row.plan or {}), _RESTARTS_FIELD: restarts}
                     row.status, row.started_at = WAITING, None
-                    resumed.append(row.key)
+                    logger.warning("task interrupted, runs again task=%s", row.key)
                     continue
+                times = f", {restarts} times" if on_node else ""
                 row.status, row.ended_at = FAILED, utcnow()
                 row.error = (
-                    "the node stopped while the task ran"
-                    + (f", {restarts} times" if runner_of(row) == SUBPROCESS else "")
-                    + "; submit it again under a new key"
+                    f"the node stopped while the task ran{times}; "
+                    "submit it again under a new key"
                 )
-        for key in resumed:
-            shutil.rmtree(self.ctx.work_dir / key, ignore_errors=True)
-            logger.warning(
-                "task interrupted by the node's stop runs again task=%s", key
-            )
 
     def _seal_plain_logs(self) -> None:
         """Encrypt logs that a node of an earlier version stored in plaintext."""

@@ -95,7 +95,8 @@ def _mounts(task_key: str, storage_sub_path: str) -> list[k8s.V1VolumeMount]:
     workdir = f"{storage_sub_path.strip('/')}/tasks/{task_key}".lstrip("/")
     return [
         k8s.V1VolumeMount(name="node-storage", mount_path=TASK_MOUNT, sub_path=workdir),
-        k8s.V1VolumeMount(name="scratch", mount_path="/tmp"),  # noqa: S108 (pod's own tmpfs)
+        # The pod's own tmpfs, not the host's /tmp.
+        k8s.V1VolumeMount(name="scratch", mount_path="/tmp"),  # noqa: S108
     ]
 
 
